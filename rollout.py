@@ -1,0 +1,176 @@
+"""Rollout: sample responses from the current policy.
+
+Two engines with the same three methods (generate, sync_weights, sleep/wake_up):
+
+  VLLMEngine  vLLM living inside the training process ("colocated"). After each update the trainer
+              pushes its weights into the engine in place (sync_weights); on a GPU the engine can sleep
+              during the update to hand its KV-cache memory to the trainer.
+  HFEngine    transformers' generate on the policy model itself. The fallback when vLLM is absent:
+              slow, but the same outputs, so every other part of the loop runs unchanged.
+
+generate() returns one Sample per response, grouped by prompt: the samples_per_prompt responses to
+prompt i are samples[i * samples_per_prompt : (i + 1) * samples_per_prompt].
+"""
+
+import os
+from dataclasses import dataclass
+
+import torch
+
+# The engine must run in this process for in-place weight sync; vLLM's V1 engine otherwise
+# starts a separate engine-core process. Must be set before vllm is imported.
+os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+
+
+@dataclass
+class Sample:
+    prompt_index: int               # which prompt of the batch this responds to
+    prompt_token_ids: list          # [prompt_len]
+    response_token_ids: list        # [response_len], including the end-of-text token when it stopped on one
+    response_logprobs: list         # [response_len] the engine's log-prob of each sampled token
+    response_text: str
+    finish_reason: str              # "stop" (end-of-text or a stop string) or "length" (hit max_new_tokens)
+
+
+def vllm_available():
+    try:
+        import vllm  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+#### vLLM, colocated
+
+class VLLMEngine:
+    def __init__(self, model_path, dtype, seed, max_model_len, memory_utilization, enable_sleep):
+        from vllm import LLM
+
+        threads = torch.get_num_threads()
+        self.llm = LLM(
+            model=model_path,
+            dtype=dtype,
+            seed=seed,
+            max_model_len=max_model_len,
+            gpu_memory_utilization=memory_utilization,  # on CPU: the share of RAM for the KV cache
+            enable_sleep_mode=enable_sleep,
+            enforce_eager=not torch.cuda.is_available(),  # no graph capture on CPU
+            # Log-probs after temperature scaling: those of the distribution the tokens were actually
+            # sampled from, which is what the trainer recomputes (it divides its logits by the temperature).
+            logprobs_mode="processed_logprobs",
+        )
+        # vLLM's CPU backend drops torch to one thread "for serving"; the trainer shares this process
+        # and needs them all (rollout and update take turns, so they never compete).
+        torch.set_num_threads(threads)
+        self.asleep = False
+
+    def generate(self, prompts, samples_per_prompt, temperature, top_p, max_new_tokens, stop):
+        from vllm import SamplingParams
+
+        params = SamplingParams(
+            n=samples_per_prompt, temperature=temperature, top_p=top_p, max_tokens=max_new_tokens,
+            stop=stop or None, logprobs=0,  # logprobs=0: only the sampled token's log-prob
+        )
+        outputs = self.llm.generate(prompts, params, use_tqdm=False)
+        samples = []
+        for prompt_index, output in enumerate(outputs):
+            for completion in output.outputs:
+                token_ids = list(completion.token_ids)
+                logprobs = [step[token].logprob for step, token in zip(completion.logprobs, token_ids)]
+                samples.append(Sample(
+                    prompt_index=prompt_index, prompt_token_ids=list(output.prompt_token_ids),
+                    response_token_ids=token_ids, response_logprobs=logprobs, response_text=completion.text,
+                    finish_reason="length" if completion.finish_reason == "length" else "stop",
+                ))
+        return samples
+
+    @torch.no_grad()
+    def sync_weights(self, model):
+        """Copy the policy's current weights into the engine, in place, and drop cached prefixes.
+
+        reload_weights with an iterator loads our tensors through vLLM's own weight loaders (which
+        handle fused QKV / gate-up layouts and the CPU backend's repacking). Without an iterator it
+        would reload the checkpoint from disk and silently undo every update.
+        """
+        self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": iter(model.state_dict().items())})
+        # Cached KV blocks were computed with the old weights.
+        self.llm.reset_prefix_cache()
+
+    def sleep(self):
+        """Free the KV cache (level 1 keeps the weights) while the trainer needs the GPU memory."""
+        self.llm.sleep(level=1)
+        self.asleep = True
+
+    def wake_up(self):
+        if self.asleep:
+            self.llm.wake_up()
+            self.asleep = False
+
+
+#### transformers generate, the fallback
+
+class HFEngine:
+    """Generates with the policy model itself, so there are no weights to sync."""
+
+    def __init__(self, model, tokenizer):
+        self.model, self.tokenizer = model, tokenizer
+
+    @torch.no_grad()
+    def generate(self, prompts, samples_per_prompt, temperature, top_p, max_new_tokens, stop):
+        from ppo import response_logprobs_and_entropy
+
+        tokenizer, model = self.tokenizer, self.model
+        was_training = model.training
+        model.eval()
+        tokenizer.padding_side = "left"
+        batch = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False).to(model.device)
+        greedy = temperature == 0
+        output = model.generate(
+            **batch, do_sample=not greedy, temperature=None if greedy else temperature,
+            top_p=None if greedy else top_p, top_k=None, max_new_tokens=max_new_tokens,
+            num_return_sequences=samples_per_prompt, stop_strings=stop or None, tokenizer=tokenizer,
+            pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
+        )  # [len(prompts) * samples_per_prompt, padded_prompt_len + generated_len]
+        generated = output[:, batch["input_ids"].shape[1]:].tolist()
+
+        samples = []
+        for row, token_ids in enumerate(generated):
+            prompt_index = row // samples_per_prompt
+            prompt_ids = [t for t, keep in zip(batch["input_ids"][prompt_index].tolist(),
+                                               batch["attention_mask"][prompt_index].tolist()) if keep]
+            response_ids, finish_reason = self._trim(token_ids, max_new_tokens, stop)
+            samples.append(Sample(prompt_index=prompt_index, prompt_token_ids=prompt_ids,
+                                  response_token_ids=response_ids, response_logprobs=[],
+                                  response_text=tokenizer.decode(response_ids, skip_special_tokens=True),
+                                  finish_reason=finish_reason))
+
+        # The engine's log-probs, recomputed by a forward pass of the same model.
+        sequences = [s.prompt_token_ids + s.response_token_ids for s in samples]
+        prompt_lengths = [len(s.prompt_token_ids) for s in samples]
+        logprobs, _ = response_logprobs_and_entropy(model, sequences, prompt_lengths,
+                                                    temperature=temperature or 1.0, pad_token_id=tokenizer.pad_token_id)
+        for sample, sample_logprobs in zip(samples, logprobs):
+            sample.response_logprobs = sample_logprobs[:len(sample.response_token_ids)].tolist()
+        model.train(was_training)
+        return samples
+
+    def _trim(self, token_ids, max_new_tokens, stop):
+        """Cut the padding generate appends after a finished sequence; say why it finished."""
+        eos = self.tokenizer.eos_token_id
+        if eos in token_ids:
+            return token_ids[:token_ids.index(eos) + 1], "stop"
+        token_ids = [t for t in token_ids if t != self.tokenizer.pad_token_id]
+        for end in range(1, len(token_ids) + 1) if stop else ():
+            text = self.tokenizer.decode(token_ids[:end])
+            if any(s in text for s in stop):
+                return token_ids[:end], "stop"
+        return token_ids, "length" if len(token_ids) >= max_new_tokens else "stop"
+
+    def sync_weights(self, model):
+        pass  # generates with the policy itself
+
+    def sleep(self):
+        pass
+
+    def wake_up(self):
+        pass

@@ -1,0 +1,350 @@
+"""Zero RL: PPO-style reinforcement learning straight from a base model, with rule-based math rewards.
+
+    python train.py --model Qwen/Qwen2.5-0.5B                 # a GPU box: the SimpleRL-Zoo recipe
+    python train.py --model toy/model --train-data toy/train.jsonl --eval-data toy/test.jsonl   # a CPU
+
+One step of the loop (DeepSeek-R1-Zero; SimpleRL-Zoo, Zeng et al. 2025):
+  1. take prompts_per_step problems and format them with the prompt template,
+  2. sample samples_per_prompt responses to each with the colocated vLLM engine,
+  3. reward each response by checking its last \\boxed{} answer against the gold answer,
+  4. turn rewards into advantages, normalized within each prompt's group of samples (GRPO),
+  5. recompute the log-probs of the sampled tokens under the policy (old) and the reference model,
+  6. take PPO clipped-objective steps over mini-batches, with a KL penalty to the reference model,
+  7. copy the updated weights into the engine, and log.
+
+Every field of Config is a command-line flag (python train.py --help). Fields whose default is None
+("auto") depend on the machine: on a GPU they take SimpleRL-Zoo's values; on a CPU, toy-sized ones.
+"""
+
+import dataclasses
+import json
+import random
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+#### Config
+
+
+def flag(default, help):
+    return field(default=default, metadata={"help": help})
+
+
+@dataclass
+class Config:
+    # What to train on
+    model: str = flag("Qwen/Qwen2.5-0.5B", "base model: hub id or a save_pretrained directory")
+    train_data: str = flag("hkust-nlp/SimpleRL-Zoo-Data/simplelr_qwen_level3to5",
+                           "training problems: .jsonl/.json/.parquet file, or a hub dataset "
+                           "'owner/name[/data_dir][:split]' (default: SimpleRL-Zoo's MATH level 3-5 set)")
+    eval_data: str = flag("", "held-out problems evaluated at the start, every --eval-every steps and the end "
+                              "('' for none)")
+    output_dir: str = flag("runs/zerorl", "where metrics.jsonl, samples.jsonl and final/ are written")
+    template: str = flag("", "prompt template: qwen-boxed or simple ('' picks by the tokenizer)")
+    min_level: int = flag(None, "keep only problems of at least this difficulty level (where rows have one)")
+    max_level: int = flag(None, "keep only problems of at most this difficulty level")
+    max_prompt_len: int = flag(1024, "prompts longer than this many tokens are skipped (and counted)")
+
+    # Rollout
+    max_steps: int = flag(None, "training steps (auto: 100 on GPU, 80 on CPU)")
+    prompts_per_step: int = flag(None, "prompts sampled per step (auto: 1024 on GPU as SimpleRL-Zoo, 32 on CPU)")
+    samples_per_prompt: int = flag(8, "responses sampled per prompt: the GRPO group size")
+    max_new_tokens: int = flag(None, "response length limit in tokens (auto: 8192 on GPU, 32 on CPU)")
+    temperature: float = flag(1.0, "sampling temperature for rollouts (evaluation is greedy)")
+    top_p: float = flag(1.0, "nucleus sampling for rollouts")
+    rollout_engine: str = flag("auto", "vllm, hf (transformers generate), or auto: vllm when installed")
+    vllm_memory_utilization: float = flag(None, "share of GPU memory (on CPU: of RAM) the engine may use "
+                                                "(auto: 0.5 on GPU, 0.15 on CPU)")
+    vllm_sleep: bool = flag(False, "put the engine to sleep (free its KV cache) during the update; GPU only")
+
+    # Reward and advantages
+    reward_scheme: str = flag("correct", "correct: 1/0 (SimpleRL-Zoo); simplerl: +1 right, -0.5 wrong, -1 no box")
+
+    # PPO update
+    lr: float = flag(None, "learning rate (auto: 1e-6 on GPU as SimpleRL-Zoo, 1e-4 for the CPU toy)")
+    lr_warmup_steps: int = flag(0, "linear learning-rate warm-up, in steps")
+    weight_decay: float = flag(0.0, "AdamW weight decay")
+    optim: str = flag("adamw", "adamw or adamw8bit (bitsandbytes: optimizer states in 8 bits)")
+    mini_batch_prompts: int = flag(None, "prompts per optimizer step: prompts_per_step / mini_batch_prompts "
+                                         "updates per rollout (auto: 256 on GPU as SimpleRL-Zoo, i.e. 4 "
+                                         "updates; all prompts on CPU, i.e. strictly on-policy)")
+    micro_batch_size: int = flag(None, "sequences per forward/backward pass, the memory knob; gradients are "
+                                       "accumulated over micro-batches (auto: 8 on GPU, 64 on CPU)")
+    ppo_epochs: int = flag(1, "passes over each rollout batch")
+    clip_ratio: float = flag(0.2, "PPO clip range epsilon: ratios outside [1-eps, 1+eps] get no gradient")
+    kl_coef: float = flag(1e-4, "weight of the k3 KL(policy || reference) loss; 0 skips loading the reference")
+    entropy_coef: float = flag(1e-3, "weight of the entropy bonus")
+    max_grad_norm: float = flag(1.0, "gradient clipping threshold")
+    gradient_checkpointing: bool = flag(True, "recompute activations in the backward pass to save memory")
+
+    # Evaluation, logging, the rest
+    eval_every: int = flag(None, "evaluate on --eval-data every N steps (auto: 10 on GPU, 0 = start and end "
+                                 "only on CPU)")
+    log_samples: int = flag(4, "responses per step written to samples.jsonl")
+    seed: int = flag(0, "seed for prompt order, sampling and initialization")
+
+
+# SimpleRL-Zoo's settings (verl; paper section 3) and a CPU-sized toy recipe, for the "auto" fields.
+GPU_DEFAULTS = dict(max_steps=100, prompts_per_step=1024, max_new_tokens=8192, vllm_memory_utilization=0.5,
+                    lr=1e-6, mini_batch_prompts=256, micro_batch_size=8, eval_every=10)
+CPU_DEFAULTS = dict(max_steps=80, prompts_per_step=32, max_new_tokens=32, vllm_memory_utilization=0.15,
+                    lr=1e-4, mini_batch_prompts=None, micro_batch_size=64, eval_every=0)
+
+
+def parse_config(argv=None):
+    import argparse
+
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    for config_field in dataclasses.fields(Config):
+        name = "--" + config_field.name.replace("_", "-")
+        kind = config_field.type
+        default = config_field.default
+        help = f"{config_field.metadata['help']} (default: {'auto' if default is None else repr(default)})"
+        if kind is bool:
+            parser.add_argument(name, action=argparse.BooleanOptionalAction, default=default, help=help)
+        else:
+            parser.add_argument(name, type=kind, default=default, help=help)
+    return Config(**vars(parser.parse_args(argv)))
+
+
+def resolve_auto(config, on_gpu):
+    """Fill the fields left at None from GPU_DEFAULTS or CPU_DEFAULTS; check the rest."""
+    defaults = GPU_DEFAULTS if on_gpu else CPU_DEFAULTS
+    for name, value in defaults.items():
+        if getattr(config, name) is None:
+            setattr(config, name, value)
+    if config.mini_batch_prompts is None:
+        config.mini_batch_prompts = config.prompts_per_step
+    if config.prompts_per_step % config.mini_batch_prompts:
+        sys.exit(f"--prompts-per-step {config.prompts_per_step} is not a multiple of "
+                 f"--mini-batch-prompts {config.mini_batch_prompts}")
+    if config.samples_per_prompt < 2:
+        sys.exit("--samples-per-prompt must be at least 2: GRPO normalizes rewards within each prompt's group")
+    if config.vllm_sleep and not on_gpu:
+        print("note: --vllm-sleep has no effect without a GPU; ignored")
+        config.vllm_sleep = False
+    return config
+
+
+#### Helpers
+
+
+def seed_everything(seed):
+    random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def load_model(path, device, gradient_checkpointing=False):
+    from transformers import AutoModelForCausalLM
+
+    # Float32 master weights; on a GPU the forward passes run under bf16 autocast (mixed precision).
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, attn_implementation="sdpa").to(device)
+    if gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    return model
+
+
+@torch.no_grad()
+def batched_logprobs(model, sequences, prompt_lengths, micro_batch_size, temperature, pad_token_id, autocast_dtype):
+    """Log-probs [B, R] of the response tokens under `model`, computed micro-batch by micro-batch."""
+    from ppo import response_logprobs_and_entropy
+
+    width = max(len(s) - p for s, p in zip(sequences, prompt_lengths))
+    out = torch.zeros(len(sequences), width)
+    device = next(model.parameters()).device
+    for start in range(0, len(sequences), micro_batch_size):
+        end = start + micro_batch_size
+        with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
+            logprobs, _ = response_logprobs_and_entropy(model, sequences[start:end], prompt_lengths[start:end],
+                                                        temperature=temperature, pad_token_id=pad_token_id)
+        out[start:end, :logprobs.shape[1]] = logprobs.float().cpu()
+    return out
+
+
+def prompt_stream(problems, prompts_per_step, seed):
+    """Endless batches of problems: each epoch a fresh shuffle, batches never straddle two epochs."""
+    epoch = 0
+    while True:
+        order = list(range(len(problems)))
+        random.Random(seed + epoch).shuffle(order)
+        for start in range(0, len(order) - prompts_per_step + 1, prompts_per_step):
+            yield [problems[i] for i in order[start:start + prompts_per_step]]
+        epoch += 1
+
+
+#### The loop
+
+
+def main(argv=None):
+    config = parse_config(argv)
+    on_gpu = torch.cuda.is_available()
+    config = resolve_auto(config, on_gpu)
+    device = torch.device("cuda" if on_gpu else "cpu")
+    autocast_dtype = torch.bfloat16 if on_gpu else None  # fp32 on CPU: faster there and exact
+    seed_everything(config.seed)
+
+    from transformers import AutoTokenizer
+
+    from data.problems import TEMPLATE_STOP_STRINGS, default_template, format_prompt, load_problems
+    from evaluate import evaluate_accuracy
+    from ppo import grpo_advantages, make_optimizer, ppo_update
+    from reward import grade_batch
+    from rollout import HFEngine, VLLMEngine, vllm_available
+
+    output_dir = Path(config.output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    (output_dir / "config.json").write_text(json.dumps(dataclasses.asdict(config), indent=2) + "\n")
+
+    #### Data: problems -> prompts
+    tokenizer = AutoTokenizer.from_pretrained(config.model)
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    template = config.template or default_template(tokenizer)
+    stop = TEMPLATE_STOP_STRINGS[template]
+    train_problems = load_problems(config.train_data, config.min_level, config.max_level)
+    prompt_lengths = [len(ids) for ids in tokenizer([format_prompt(p["problem"], template) for p in train_problems],
+                                                    add_special_tokens=False)["input_ids"]]
+    too_long = sum(length > config.max_prompt_len for length in prompt_lengths)
+    train_problems = [p for p, length in zip(train_problems, prompt_lengths) if length <= config.max_prompt_len]
+    eval_problems = load_problems(config.eval_data) if config.eval_data else []
+    longest_prompt = max(prompt_lengths + [len(tokenizer(format_prompt(p["problem"], template))["input_ids"])
+                                           for p in eval_problems])
+    print(f"{len(train_problems)} training problems ({too_long} skipped as longer than --max-prompt-len), "
+          f"{len(eval_problems)} held-out; template {template}")
+    if len(train_problems) < config.prompts_per_step:
+        sys.exit(f"only {len(train_problems)} training problems, fewer than --prompts-per-step "
+                 f"{config.prompts_per_step}")
+
+    #### Models: the policy (trained), the reference (frozen, for the KL loss), the rollout engine
+    policy = load_model(config.model, device, config.gradient_checkpointing)
+    policy.train()
+    reference = None
+    if config.kl_coef > 0:
+        reference = load_model(config.model, device).eval().requires_grad_(False)
+    optimizer, scheduler = make_optimizer(policy, config.optim, config.lr, config.weight_decay,
+                                          config.lr_warmup_steps)
+
+    use_vllm = config.rollout_engine == "vllm" or (config.rollout_engine == "auto" and vllm_available())
+    if use_vllm:
+        engine = VLLMEngine(config.model, dtype="bfloat16" if on_gpu else "float32", seed=config.seed,
+                            max_model_len=min(longest_prompt, config.max_prompt_len) + config.max_new_tokens,
+                            memory_utilization=config.vllm_memory_utilization, enable_sleep=config.vllm_sleep)
+    else:
+        if config.rollout_engine == "auto":
+            print("vLLM is not installed: rolling out with transformers generate (much slower)")
+        engine = HFEngine(policy, tokenizer)
+
+    def evaluate(step):
+        summary, _ = evaluate_accuracy(engine, eval_problems, template, config.max_new_tokens)
+        tqdm.write(f"step {step}: held-out accuracy {summary['accuracy']:.3f} on {summary['n']} problems")
+        return {f"eval/{name}": value for name, value in summary.items()}
+
+    metrics_file = open(output_dir / "metrics.jsonl", "w")
+    samples_file = open(output_dir / "samples.jsonl", "w")
+    if eval_problems:
+        metrics_file.write(json.dumps({"step": 0, **evaluate(0)}) + "\n")
+
+    prompts = prompt_stream(train_problems, config.prompts_per_step, config.seed)
+    progress = tqdm(range(1, config.max_steps + 1), desc="zero-rl", dynamic_ncols=True)
+    for step in progress:
+        timings = {}
+
+        #### 1-2. Rollout: samples_per_prompt responses to each of prompts_per_step prompts
+        start = time.perf_counter()
+        problems = next(prompts)
+        engine.wake_up()
+        samples = engine.generate([format_prompt(p["problem"], template) for p in problems],
+                                  samples_per_prompt=config.samples_per_prompt, temperature=config.temperature,
+                                  top_p=config.top_p, max_new_tokens=config.max_new_tokens, stop=stop)
+        engine.sleep() if config.vllm_sleep else None
+        golds = [problems[s.prompt_index]["answer"] for s in samples]
+        timings["time/rollout"] = time.perf_counter() - start
+
+        #### 3. Reward
+        start = time.perf_counter()
+        graded = grade_batch([s.response_text for s in samples], golds, config.reward_scheme)
+        rewards = torch.tensor(graded["reward"])  # [B]
+        timings["time/reward"] = time.perf_counter() - start
+
+        #### 4. Advantages: GRPO, each response against the other responses to its prompt
+        advantages = grpo_advantages(rewards, config.samples_per_prompt)  # [B]
+
+        #### 5. Old-policy and reference log-probs of the sampled tokens
+        start = time.perf_counter()
+        sequences = [s.prompt_token_ids + s.response_token_ids for s in samples]
+        prompt_token_counts = [len(s.prompt_token_ids) for s in samples]
+        response_lengths = torch.tensor([len(s.response_token_ids) for s in samples])  # [B]
+        response_mask = torch.arange(int(response_lengths.max()))[None, :] < response_lengths[:, None]  # [B, R]
+        logprob_args = dict(micro_batch_size=config.micro_batch_size, temperature=config.temperature,
+                            pad_token_id=tokenizer.pad_token_id, autocast_dtype=autocast_dtype)
+        old_logprobs = batched_logprobs(policy, sequences, prompt_token_counts, **logprob_args)  # [B, R]
+        ref_logprobs = (batched_logprobs(reference, sequences, prompt_token_counts, **logprob_args)
+                        if reference is not None else None)
+        engine_logprobs = torch.zeros_like(old_logprobs)  # [B, R]
+        for row, sample in enumerate(samples):
+            engine_logprobs[row, :len(sample.response_logprobs)] = torch.tensor(sample.response_logprobs)
+        # The health check of weight sync: the engine sampled from the same policy the trainer holds.
+        rollout_logprob_diff = float(((engine_logprobs - old_logprobs).abs() * response_mask).sum()
+                                     / response_mask.sum())
+
+        #### 6. PPO update
+        batch = dict(sequences=sequences, prompt_lengths=prompt_token_counts, old_logprobs=old_logprobs,
+                     ref_logprobs=ref_logprobs, advantages=advantages, response_mask=response_mask)
+        update_metrics = ppo_update(
+            policy, optimizer, batch, mini_batch_size=config.mini_batch_prompts * config.samples_per_prompt,
+            micro_batch_size=config.micro_batch_size, ppo_epochs=config.ppo_epochs, clip_ratio=config.clip_ratio,
+            kl_coef=config.kl_coef, entropy_coef=config.entropy_coef, max_grad_norm=config.max_grad_norm,
+            temperature=config.temperature, pad_token_id=tokenizer.pad_token_id, seed=config.seed + step,
+            autocast_dtype=autocast_dtype)
+        lr = scheduler.get_last_lr()[0]
+        scheduler.step()
+        timings["time/update"] = time.perf_counter() - start
+
+        #### 7. Weight sync: the next rollout must sample from the updated policy
+        start = time.perf_counter()
+        engine.wake_up()
+        engine.sync_weights(policy)
+        timings["time/sync"] = time.perf_counter() - start
+
+        #### 8. Log
+        metrics = {
+            "step": step,
+            "reward_mean": float(rewards.mean()),
+            "accuracy": sum(graded["correct"]) / len(samples),
+            "format_rate": sum(p is not None for p in graded["pred"]) / len(samples),
+            "response_length_mean": float(response_lengths.float().mean()),
+            "truncated_rate": sum(s.finish_reason == "length" for s in samples) / len(samples),
+            "zero_signal_groups": float((rewards.view(-1, config.samples_per_prompt).std(1) == 0).float().mean()),
+            "rollout_logprob_diff": rollout_logprob_diff,
+            "lr": lr,
+            **update_metrics,
+            **timings,
+        }
+        if eval_problems and (step == config.max_steps or (config.eval_every and step % config.eval_every == 0)):
+            metrics.update(evaluate(step))
+        metrics_file.write(json.dumps(metrics) + "\n")
+        metrics_file.flush()
+        for sample, gold, prediction, reward in list(zip(samples, golds, graded["pred"], graded["reward"]))[
+                :config.log_samples]:
+            samples_file.write(json.dumps({"step": step, "prompt": format_prompt(problems[sample.prompt_index]["problem"],
+                                                                                  template),
+                                           "response": sample.response_text, "gold": gold, "pred": prediction,
+                                           "reward": reward, "finish_reason": sample.finish_reason}) + "\n")
+        samples_file.flush()
+        progress.set_postfix(reward=f"{metrics['reward_mean']:.3f}", acc=f"{metrics['accuracy']:.3f}",
+                             len=f"{metrics['response_length_mean']:.0f}", kl=f"{metrics.get('kl', 0):.4f}")
+
+    #### Save: a directory vLLM and transformers load as it is
+    policy.save_pretrained(output_dir / "final")
+    tokenizer.save_pretrained(output_dir / "final")
+    metrics_file.close()
+    samples_file.close()
+    print(f"saved {output_dir / 'final'}")
+
+
+if __name__ == "__main__":
+    main()
