@@ -46,7 +46,6 @@ class VLLMEngine:
     def __init__(self, model_path, dtype, seed, max_model_len, memory_utilization, enable_sleep):
         from vllm import LLM
 
-        threads = torch.get_num_threads()
         self.llm = LLM(
             model=model_path,
             dtype=dtype,
@@ -59,9 +58,6 @@ class VLLMEngine:
             # sampled from, which is what the trainer recomputes (it divides its logits by the temperature).
             logprobs_mode="processed_logprobs",
         )
-        # vLLM's CPU backend drops torch to one thread "for serving"; the trainer shares this process
-        # and needs them all (rollout and update take turns, so they never compete).
-        torch.set_num_threads(threads)
         self.asleep = False
 
     def generate(self, prompts, samples_per_prompt, temperature, top_p, max_new_tokens, stop):

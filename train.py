@@ -30,8 +30,8 @@ from tqdm import tqdm
 #### Config
 
 
-def flag(default, help):
-    return field(default=default, metadata={"help": help})
+def flag(default, help, choices=None):
+    return field(default=default, metadata={"help": help, "choices": choices})
 
 
 @dataclass
@@ -41,10 +41,11 @@ class Config:
     train_data: str = flag("hkust-nlp/SimpleRL-Zoo-Data/simplelr_qwen_level3to5",
                            "training problems: .jsonl/.json/.parquet file, or a hub dataset "
                            "'owner/name[/data_dir][:split]' (default: SimpleRL-Zoo's MATH level 3-5 set)")
-    eval_data: str = flag("", "held-out problems evaluated at the start, every --eval-every steps and the end "
-                              "('' for none)")
+    eval_data: str = flag("HuggingFaceH4/MATH-500:test", "held-out problems evaluated at the start, every "
+                          "--eval-every steps and the end ('' for none)")
     output_dir: str = flag("runs/zerorl", "where metrics.jsonl, samples.jsonl and final/ are written")
-    template: str = flag("", "prompt template: qwen-boxed or simple ('' picks by the tokenizer)")
+    template: str = flag("", "prompt template: qwen-boxed or simple ('' picks by the tokenizer)",
+                         choices=["", "qwen-boxed", "simple"])
     min_level: int = flag(None, "keep only problems of at least this difficulty level (where rows have one)")
     max_level: int = flag(None, "keep only problems of at most this difficulty level")
     max_prompt_len: int = flag(1024, "prompts longer than this many tokens are skipped (and counted)")
@@ -56,19 +57,22 @@ class Config:
     max_new_tokens: int = flag(None, "response length limit in tokens (auto: 8192 on GPU, 32 on CPU)")
     temperature: float = flag(1.0, "sampling temperature for rollouts (evaluation is greedy)")
     top_p: float = flag(1.0, "nucleus sampling for rollouts")
-    rollout_engine: str = flag("auto", "vllm, hf (transformers generate), or auto: vllm when installed")
+    rollout_engine: str = flag("auto", "vllm, hf (transformers generate), or auto: vllm when installed",
+                               choices=["auto", "vllm", "hf"])
     vllm_memory_utilization: float = flag(None, "share of GPU memory (on CPU: of RAM) the engine may use "
                                                 "(auto: 0.5 on GPU, 0.15 on CPU)")
     vllm_sleep: bool = flag(False, "put the engine to sleep (free its KV cache) during the update; GPU only")
 
     # Reward and advantages
-    reward_scheme: str = flag("correct", "correct: 1/0 (SimpleRL-Zoo); simplerl: +1 right, -0.5 wrong, -1 no box")
+    reward_scheme: str = flag("correct", "correct: 1/0 (SimpleRL-Zoo); simplerl: +1 right, -0.5 wrong, -1 no box",
+                              choices=["correct", "simplerl"])
 
     # PPO update
     lr: float = flag(None, "learning rate (auto: 1e-6 on GPU as SimpleRL-Zoo, 1e-4 for the CPU toy)")
     lr_warmup_steps: int = flag(0, "linear learning-rate warm-up, in steps")
     weight_decay: float = flag(0.0, "AdamW weight decay")
-    optim: str = flag("adamw", "adamw or adamw8bit (bitsandbytes: optimizer states in 8 bits)")
+    optim: str = flag("adamw", "adamw or adamw8bit (bitsandbytes: optimizer states in 8 bits)",
+                      choices=["adamw", "adamw8bit"])
     mini_batch_prompts: int = flag(None, "prompts per optimizer step: prompts_per_step / mini_batch_prompts "
                                          "updates per rollout (auto: 256 on GPU as SimpleRL-Zoo, i.e. 4 "
                                          "updates; all prompts on CPU, i.e. strictly on-policy)")
@@ -107,7 +111,8 @@ def parse_config(argv=None):
         if kind is bool:
             parser.add_argument(name, action=argparse.BooleanOptionalAction, default=default, help=help)
         else:
-            parser.add_argument(name, type=kind, default=default, help=help)
+            parser.add_argument(name, type=kind, default=default, help=help,
+                                choices=config_field.metadata["choices"])
     return Config(**vars(parser.parse_args(argv)))
 
 

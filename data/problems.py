@@ -5,7 +5,7 @@ Formats detected (one row = one problem):
   - GSM8K style:         {"question": ..., "answer": "... #### 72"}  (the text after ####)
   - SimpleRL parquet:    {"question" or "extra_info.question" or "prompt": [...], "reward_model": {"ground_truth": ...}}
   - OlympiadBench:       {"question": ..., "final_answer": ["$...$"]}
-Files: .jsonl, .json (a list or JSON lines), .parquet, or a Hugging Face dataset id ("owner/name").
+Files: .jsonl, .json (a list or JSON lines), .parquet, or a Hugging Face dataset 'owner/name[/data_dir][:split]'.
 """
 
 import json
@@ -57,10 +57,10 @@ def _read_rows(source):
     """Yield (where, row) pairs; `where` names the file and line for error messages."""
     path = Path(source)
     if not path.exists():
-        if source.count("/") == 1 and not source.startswith((".", "/")) and not Path(source).suffix:
-            yield from _read_hub_dataset(source)
-            return
-        raise FileNotFoundError(f"data file not found: {source}")
+        if path.suffix in (".jsonl", ".json", ".parquet") or source.startswith((".", "/")) or "/" not in source:
+            raise FileNotFoundError(f"data file not found: {source}")
+        yield from _read_hub_dataset(source)
+        return
     if path.suffix == ".parquet":
         import pyarrow.parquet
 
@@ -83,14 +83,18 @@ def _read_rows(source):
         yield f"{path}:{line_number}", row
 
 
-def _read_hub_dataset(dataset_id, split="train"):
+def _read_hub_dataset(source):
+    """A Hugging Face dataset named 'owner/name[/data_dir][:split]' (split defaults to train)."""
     try:
         import datasets
     except ImportError:
-        raise ImportError(f"{dataset_id!r} is not a local file; loading a Hugging Face dataset "
+        raise ImportError(f"{source!r} is not a local file; loading a Hugging Face dataset "
                           "needs `pip install datasets`") from None
-    for index, row in enumerate(datasets.load_dataset(dataset_id, split=split)):
-        yield f"{dataset_id}[{split}] row {index}", row
+    name, _, split = source.partition(":")
+    owner, dataset, *data_dir = name.split("/")
+    rows = datasets.load_dataset(f"{owner}/{dataset}", data_dir="/".join(data_dir) or None, split=split or "train")
+    for index, row in enumerate(rows):
+        yield f"{source} row {index}", row
 
 
 def _problem_of(row):

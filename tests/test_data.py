@@ -70,3 +70,16 @@ def test_templates(tiny_model_dir):
     assert "What is 1+1?\nPlease reason step by step, and put your final answer within \\boxed{}." in prompt
     with pytest.raises(ValueError, match="unknown template"):
         format_prompt("x", "nope")
+
+
+def test_a_hub_dataset_id_is_not_mistaken_for_a_missing_file(tmp_path):
+    try:
+        import datasets  # noqa: F401
+    except ImportError:
+        # Without `datasets` the loader must say what to install, not "file not found".
+        with pytest.raises(ImportError, match="pip install datasets"):
+            load_problems("hkust-nlp/SimpleRL-Zoo-Data/simplelr_qwen_level3to5:train")
+    else:
+        pytest.skip("datasets is installed; loading from the hub needs network access")
+    with pytest.raises(FileNotFoundError):
+        load_problems("missing/file.jsonl")
