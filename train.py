@@ -51,7 +51,7 @@ class Config:
     max_prompt_len: int = flag(1024, "prompts longer than this many tokens are skipped (and counted)")
 
     # Rollout
-    max_steps: int = flag(None, "training steps (auto: 100 on GPU, 80 on CPU)")
+    max_steps: int = flag(100, "training steps")
     prompts_per_step: int = flag(None, "prompts sampled per step (auto: 1024 on GPU as SimpleRL-Zoo, 32 on CPU)")
     samples_per_prompt: int = flag(8, "responses sampled per prompt: the GRPO group size")
     max_new_tokens: int = flag(None, "response length limit in tokens (auto: 8192 on GPU, 32 on CPU)")
@@ -93,9 +93,9 @@ class Config:
 
 
 # SimpleRL-Zoo's settings (verl; paper section 3) and a CPU-sized toy recipe, for the "auto" fields.
-GPU_DEFAULTS = dict(max_steps=100, prompts_per_step=1024, max_new_tokens=8192, vllm_memory_utilization=0.5,
+GPU_DEFAULTS = dict(prompts_per_step=1024, max_new_tokens=8192, vllm_memory_utilization=0.5,
                     lr=1e-6, mini_batch_prompts=256, micro_batch_size=8, eval_every=10)
-CPU_DEFAULTS = dict(max_steps=80, prompts_per_step=32, max_new_tokens=32, vllm_memory_utilization=0.15,
+CPU_DEFAULTS = dict(prompts_per_step=32, max_new_tokens=32, vllm_memory_utilization=0.15,
                     lr=1e-4, mini_batch_prompts=None, micro_batch_size=64, eval_every=0)
 
 
