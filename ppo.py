@@ -3,7 +3,8 @@
 Tensor layout. A rollout batch of B sequences (prompt + response, right-padded to L tokens) has its
 per-token quantities in *response coordinates*: [B, R] with R the longest response, where column j is
 the j-th response token, predicted from the hidden state of the token before it. response_mask [B, R]
-marks the real (non-padding) response tokens.
+marks the real (non-padding) response tokens. Sequence-level quantities are [B], and the
+samples_per_prompt responses to one prompt are contiguous (a "group").
 """
 
 import random
@@ -11,8 +12,30 @@ import random
 import torch
 from torch.utils.checkpoint import checkpoint
 
+ADV_ESTIMATORS = ("grpo", "dr_grpo", "rloo", "reinforce_pp", "gae")
+LOSS_AGGREGATIONS = ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum-norm")
+KL_ESTIMATORS = ("k1", "k2", "k3")
 
-#### Log-probs and entropy, without a full [tokens, vocab] logits tensor
+
+#### Log-probs, entropy and values at the response positions
+
+def pad_sequences(sequences, pad_token_id, device):
+    """Right-pad token lists to input_ids [B, L]. Right padding needs no attention mask: under the
+    causal mask, real tokens only ever attend to earlier (real) tokens."""
+    width = max(len(s) for s in sequences)
+    return torch.tensor([s + [pad_token_id] * (width - len(s)) for s in sequences], device=device)
+
+
+def _response_positions(sequences, prompt_lengths, pad_token_id, device):
+    """input_ids [B, L]; response_mask [B, R]; target_positions [B, R]: where response token j sits in L."""
+    input_ids = pad_sequences(sequences, pad_token_id, device)
+    prompt_lengths = torch.tensor(prompt_lengths, device=device)  # [B]
+    response_lengths = torch.tensor([len(s) for s in sequences], device=device) - prompt_lengths  # [B]
+    columns = torch.arange(int(response_lengths.max()), device=device)[None, :]  # [1, R]
+    response_mask = columns < response_lengths[:, None]
+    target_positions = (prompt_lengths[:, None] + columns).clamp(max=input_ids.shape[1] - 1)
+    return input_ids, response_mask, target_positions
+
 
 def _chunk_logprob_and_entropy(hidden, targets, lm_head, temperature):
     """hidden [N, H], targets [N] -> log p(target) [N] and entropy [N] of softmax(logits / temperature)."""
@@ -22,13 +45,6 @@ def _chunk_logprob_and_entropy(hidden, targets, lm_head, temperature):
     probs = torch.softmax(logits, dim=-1)
     entropy = log_normalizer - (probs * logits).sum(-1)  # H = logsumexp(z) - sum_v p_v z_v
     return logprob, entropy
-
-
-def pad_sequences(sequences, pad_token_id, device):
-    """Right-pad token lists to input_ids [B, L]. Right padding needs no attention mask: under the
-    causal mask, real tokens only ever attend to earlier (real) tokens."""
-    width = max(len(s) for s in sequences)
-    return torch.tensor([s + [pad_token_id] * (width - len(s)) for s in sequences], device=device)
 
 
 def response_logprobs_and_entropy(model, sequences, prompt_lengths, temperature=1.0, pad_token_id=0,
@@ -41,13 +57,7 @@ def response_logprobs_and_entropy(model, sequences, prompt_lengths, temperature=
     Prompt positions never reach the vocabulary projection at all.
     """
     device = next(model.parameters()).device
-    input_ids = pad_sequences(sequences, pad_token_id, device)  # [B, L]
-    prompt_lengths = torch.tensor(prompt_lengths, device=device)  # [B]
-    response_lengths = torch.tensor([len(s) for s in sequences], device=device) - prompt_lengths  # [B]
-    width = int(response_lengths.max())
-    columns = torch.arange(width, device=device)[None, :]  # [1, R]
-    response_mask = columns < response_lengths[:, None]  # [B, R]
-    target_positions = (prompt_lengths[:, None] + columns).clamp(max=input_ids.shape[1] - 1)  # [B, R]
+    input_ids, response_mask, target_positions = _response_positions(sequences, prompt_lengths, pad_token_id, device)
 
     hidden = model.base_model(input_ids=input_ids, use_cache=False).last_hidden_state  # [B, L, H]
     hidden = hidden.gather(1, (target_positions - 1)[..., None].expand(-1, -1, hidden.shape[-1]))  # [B, R, H]
@@ -69,99 +79,276 @@ def response_logprobs_and_entropy(model, sequences, prompt_lengths, temperature=
     return logprobs, entropy
 
 
-#### Advantages
+def naive_response_logprobs(model, sequences, prompt_lengths, temperature=1.0, pad_token_id=0):
+    """The textbook version, for comparison only: full [B, L, vocab] float32 logits, then log_softmax."""
+    device = next(model.parameters()).device
+    input_ids, response_mask, target_positions = _response_positions(sequences, prompt_lengths, pad_token_id, device)
+    logits = model(input_ids=input_ids, use_cache=False).logits.float() / temperature  # [B, L, vocab]
+    logprobs_all = torch.log_softmax(logits, dim=-1)
+    logprobs = logprobs_all.gather(1, (target_positions - 1)[..., None].expand(-1, -1, logits.shape[-1]))
+    logprobs = logprobs.gather(-1, input_ids.gather(1, target_positions)[..., None]).squeeze(-1)
+    return logprobs * response_mask
+
+
+def response_values(critic, sequences, prompt_lengths, pad_token_id=0):
+    """The critic's value estimates V(s_j) [B, R] of the state before each response token j."""
+    device = next(critic.parameters()).device
+    input_ids, response_mask, target_positions = _response_positions(sequences, prompt_lengths, pad_token_id, device)
+    values = critic(input_ids=input_ids, use_cache=False).logits[..., 0].float()  # [B, L]
+    return values.gather(1, target_positions - 1) * response_mask
+
+
+#### Rewards per token, KL estimators
+
+def kl_estimate(logprobs, ref_logprobs, estimator):
+    """Per-token estimates of KL(pi || pi_ref) from samples of pi (Schulman, "Approximating KL divergence"):
+    k1 = log pi - log ref            (unbiased, high variance, can be negative)
+    k2 = (log pi - log ref)^2 / 2    (biased, low variance)
+    k3 = exp(ref - logp) - (ref - logp) - 1   (unbiased, low variance, never negative)
+    The log-ratio is clamped to [-10, 10] for k3 so one wild token cannot blow up the loss (as verl)."""
+    log_ratio = logprobs - ref_logprobs
+    if estimator == "k1":
+        return log_ratio
+    if estimator == "k2":
+        return 0.5 * log_ratio ** 2
+    if estimator == "k3":
+        negative_log_ratio = (-log_ratio).clamp(-10, 10)
+        return torch.exp(negative_log_ratio) - negative_log_ratio - 1
+    raise ValueError(f"unknown KL estimator {estimator!r}; choose from {KL_ESTIMATORS}")
+
+
+def kl_k3(logprobs, ref_logprobs):
+    return kl_estimate(logprobs, ref_logprobs, "k3")
+
+
+def token_level_rewards(rewards, response_mask, kl_penalty=None, kl_coef=0.0):
+    """[B, R]: the outcome reward on each response's last token, minus kl_coef * KL on every token when
+    the KL is folded into the reward (InstructGPT-style) rather than added to the loss."""
+    response_lengths = response_mask.sum(1)  # [B]
+    token_rewards = torch.zeros(response_mask.shape)
+    token_rewards[torch.arange(len(rewards)), response_lengths - 1] = rewards.float()
+    if kl_penalty is not None:
+        token_rewards = token_rewards - kl_coef * kl_penalty * response_mask
+    return token_rewards
+
+
+#### Advantage estimators
+
+def whiten(values, mask, eps=1e-8):
+    """(x - mean) / std over the masked entries of the whole batch."""
+    mean = (values * mask).sum() / mask.sum()
+    variance = (((values - mean) * mask) ** 2).sum() / mask.sum()
+    return (values - mean) * torch.rsqrt(variance + eps) * mask
+
 
 def grpo_advantages(rewards, samples_per_prompt, eps=1e-6):
     """GRPO (DeepSeekMath, Shao et al. 2024): A_i = (r_i - mean(group)) / (std(group) + eps).
 
-    rewards [B] with B = prompts * samples_per_prompt, each prompt's samples contiguous. std is the
-    unbiased sample std (as verl, which SimpleRL-Zoo runs on). A group whose rewards are all equal gets
-    advantage 0: it carries no learning signal.
-    """
+    std is the unbiased sample std (as verl, which SimpleRL-Zoo runs on). A group whose rewards are all
+    equal gets advantage 0: it carries no learning signal."""
     groups = rewards.view(-1, samples_per_prompt)  # [prompts, samples_per_prompt]
     mean = groups.mean(dim=1, keepdim=True)
     std = groups.std(dim=1, keepdim=True) if samples_per_prompt > 1 else torch.ones_like(mean)
     return ((groups - mean) / (std + eps)).view(-1)
 
 
+def dr_grpo_advantages(rewards, samples_per_prompt):
+    """Dr. GRPO (Liu et al. 2025, "Understanding R1-Zero-like training"): A_i = r_i - mean(group).
+    Dividing by the group std up-weights near-solved and near-hopeless prompts; Dr. GRPO drops it (and
+    pairs it with a constant length normalizer in the loss: seq-mean-token-sum-norm)."""
+    groups = rewards.view(-1, samples_per_prompt)
+    return (groups - groups.mean(dim=1, keepdim=True)).view(-1)
+
+
+def rloo_advantages(rewards, samples_per_prompt):
+    """RLOO (Ahmadian et al. 2024): each sample's baseline is the mean of the OTHER samples of its group,
+    A_i = r_i - (sum_j r_j - r_i) / (n - 1) = n / (n - 1) * (r_i - mean(group))."""
+    groups = rewards.view(-1, samples_per_prompt)
+    leave_one_out_mean = (groups.sum(dim=1, keepdim=True) - groups) / (samples_per_prompt - 1)
+    return (groups - leave_one_out_mean).view(-1)
+
+
+def discounted_returns(token_rewards, response_mask, gamma):
+    """Reward-to-go G_t = sum_{s >= t} gamma^(s - t) r_s, per token [B, R]."""
+    returns = torch.zeros_like(token_rewards)
+    running = torch.zeros(token_rewards.shape[0])
+    for column in reversed(range(token_rewards.shape[1])):
+        running = token_rewards[:, column] + gamma * running * response_mask[:, column]
+        returns[:, column] = running
+    return returns * response_mask
+
+
+def gae_advantages(token_rewards, values, response_mask, gamma, lam):
+    """Generalized advantage estimation (Schulman et al. 2016) per token:
+    delta_t = r_t + gamma * V(s_{t+1}) - V(s_t),  A_t = delta_t + gamma * lam * A_{t+1},
+    with V = 0 past the last token. Returns (advantages, returns = advantages + values), both [B, R]."""
+    advantages = torch.zeros_like(token_rewards)
+    next_value = torch.zeros(token_rewards.shape[0])
+    next_advantage = torch.zeros(token_rewards.shape[0])
+    for column in reversed(range(token_rewards.shape[1])):
+        valid = response_mask[:, column].float()
+        delta = token_rewards[:, column] + gamma * next_value - values[:, column]
+        advantage = delta + gamma * lam * next_advantage
+        advantages[:, column] = advantage * valid
+        # Padding columns pass nothing back: the last real token sees V = 0 and A = 0 after it.
+        next_value = values[:, column] * valid
+        next_advantage = advantage * valid
+    return advantages, (advantages + values) * response_mask
+
+
+def compute_advantages(estimator, rewards, response_mask, samples_per_prompt, *, kl_penalty=None, kl_coef=0.0,
+                       values=None, gamma=1.0, lam=1.0):
+    """Token-level advantages [B, R] (and the critic's targets [B, R] for gae, else None).
+
+    rewards [B] are outcome rewards. kl_penalty [B, R], when given, is folded into the reward:
+    group estimators then use each response's total reward, r - kl_coef * sum_t KL_t."""
+    mask = response_mask.float()
+    token_rewards = token_level_rewards(rewards, response_mask, kl_penalty, kl_coef)
+    if estimator == "gae":
+        advantages, returns = gae_advantages(token_rewards, values, response_mask, gamma, lam)
+        return whiten(advantages, mask), returns  # advantage whitening over the batch, as in PPO and verl
+    if estimator == "reinforce_pp":
+        # REINFORCE++ (Hu 2025): reward-to-go per token, normalized over the whole batch, not per group.
+        return whiten(discounted_returns(token_rewards, response_mask, gamma), mask), None
+    sequence_rewards = token_rewards.sum(1)  # [B]
+    if estimator == "grpo":
+        advantages = grpo_advantages(sequence_rewards, samples_per_prompt)
+    elif estimator == "dr_grpo":
+        advantages = dr_grpo_advantages(sequence_rewards, samples_per_prompt)
+    elif estimator == "rloo":
+        advantages = rloo_advantages(sequence_rewards, samples_per_prompt)
+    else:
+        raise ValueError(f"unknown advantage estimator {estimator!r}; choose from {ADV_ESTIMATORS}")
+    return advantages[:, None] * mask, None
+
+
 #### Losses
 
-def kl_k3(logprobs, ref_logprobs):
-    """Schulman's low-variance, always non-negative KL(pi || pi_ref) estimator:
-    k3 = exp(ref - logp) - (ref - logp) - 1, with the log-ratio clamped to [-10, 10] for stability (as verl)."""
-    log_ratio = (ref_logprobs - logprobs).clamp(-10, 10)
-    return torch.exp(log_ratio) - log_ratio - 1
-
-
-def ppo_clip_loss(logprobs, old_logprobs, advantages, clip_ratio):
+def ppo_clip_loss(logprobs, old_logprobs, advantages, clip_ratio, clip_ratio_high=None, dual_clip=None):
     """Per-token PPO clipped surrogate (Schulman et al. 2017), negated for minimization:
-    max(-A * ratio, -A * clip(ratio, 1 - eps, 1 + eps)). Returns (loss [B, R], clipped [B, R] bool)."""
+    max(-A * ratio, -A * clip(ratio, 1 - eps_low, 1 + eps_high)).
+
+    clip_ratio_high > clip_ratio is DAPO's clip-higher (Yu et al. 2025): room for unlikely tokens to rise.
+    dual_clip = c > 1 (Ye et al. 2020) also bounds the loss of negative-advantage tokens by -c * A, so a
+    huge ratio on a bad token cannot dominate the batch. Returns (loss [B, R], clipped [B, R] bool)."""
+    clip_ratio_high = clip_ratio if clip_ratio_high is None else clip_ratio_high
     ratio = torch.exp(logprobs - old_logprobs)
     unclipped = -advantages * ratio
-    clipped = -advantages * ratio.clamp(1 - clip_ratio, 1 + clip_ratio)
-    return torch.maximum(unclipped, clipped), clipped > unclipped
+    clipped = -advantages * ratio.clamp(1 - clip_ratio, 1 + clip_ratio_high)
+    loss = torch.maximum(unclipped, clipped)
+    was_clipped = clipped > unclipped
+    if dual_clip is not None:
+        bound = -advantages * dual_clip
+        dual = (advantages < 0) & (loss > bound)
+        loss = torch.where(dual, bound, loss)
+        was_clipped = was_clipped | dual
+    return loss, was_clipped
+
+
+def value_loss(values, old_values, returns, value_clip):
+    """Clipped value loss (as PPO2 / verl): 0.5 * max((V - G)^2, (V_old + clip(V - V_old, +-eps) - G)^2)."""
+    clipped_values = old_values + (values - old_values).clamp(-value_clip, value_clip)
+    return 0.5 * torch.maximum((values - returns) ** 2, (clipped_values - returns) ** 2)
+
+
+def aggregate(per_token, mask, mode, mini_batch_tokens, mini_batch_sequences, max_response_length):
+    """This micro-batch's share of the mini-batch loss, so that summing over micro-batches gives:
+    token-mean               sum of all token losses / tokens in the mini-batch (each token weighs the same)
+    seq-mean-token-mean      mean over sequences of each sequence's token mean (each sequence weighs the same,
+                             as in the original GRPO: short answers' tokens weigh more)
+    seq-mean-token-sum-norm  sum of token losses / (sequences * max_response_length): a constant normalizer,
+                             no length bias (Dr. GRPO)"""
+    masked = per_token * mask
+    if mode == "token-mean":
+        return masked.sum() / mini_batch_tokens
+    if mode == "seq-mean-token-mean":
+        return (masked.sum(1) / mask.sum(1).clamp(min=1)).sum() / mini_batch_sequences
+    if mode == "seq-mean-token-sum-norm":
+        return masked.sum() / (mini_batch_sequences * max_response_length)
+    raise ValueError(f"unknown loss aggregation {mode!r}; choose from {LOSS_AGGREGATIONS}")
 
 
 #### The update step
 
-def ppo_update(model, optimizer, batch, *, mini_batch_size, micro_batch_size, ppo_epochs,
-               clip_ratio, kl_coef, entropy_coef, max_grad_norm, temperature, pad_token_id, seed,
-               autocast_dtype=None):
-    """PPO over one rollout batch: ppo_epochs passes, each over shuffled mini-batches (one optimizer
-    step each), each mini-batch accumulated over micro-batches (one forward/backward each).
+def ppo_update(model, optimizer, batch, *, mini_batch_size, micro_batch_size, ppo_epochs, clip_ratio,
+               kl_coef, entropy_coef, max_grad_norm, temperature, pad_token_id, seed, clip_ratio_high=None,
+               dual_clip=None, loss_agg="token-mean", kl_estimator="k3", kl_in_loss=True, max_response_length=None,
+               tis_cap=None, critic=None, critic_optimizer=None, value_clip=0.2, autocast_dtype=None):
+    """PPO over one rollout batch: ppo_epochs passes, each over shuffled mini-batches (one optimizer step
+    each), each mini-batch accumulated over micro-batches (one forward/backward each).
 
-    batch: "sequences" (token lists), "prompt_lengths" [B], "old_logprobs" [B, R], "ref_logprobs"
-    [B, R] or None, "advantages" [B], "response_mask" [B, R].
+    batch: "sequences" (token lists), "prompt_lengths" [B], "old_logprobs" [B, R], "ref_logprobs" [B, R]
+    or None, "advantages" [B, R], "response_mask" [B, R]; for a critic also "old_values" and "returns"
+    [B, R]; for tis_cap "engine_logprobs" [B, R].
 
-    Loss aggregation is the token mean over the whole mini-batch: every micro-batch's summed token loss
-    is divided by the mini-batch's total response-token count, so the gradient does not depend on how
-    the mini-batch is split into micro-batches.
+    tis_cap: truncated importance sampling (Yao et al. 2025): the engine samples from slightly different
+    numerics than the trainer's; weighting each token by min(pi_old / pi_engine, cap) corrects for it.
     Returns a dict of metrics averaged over the optimizer steps.
     """
     device = next(model.parameters()).device
+    mask_all = batch["response_mask"]
     size = len(batch["sequences"])
+    max_response_length = max_response_length or mask_all.shape[1]
     order = list(range(size))
-    history = {"pg_loss": [], "kl": [], "entropy": [], "clip_frac": [], "grad_norm": [], "ratio_max": []}
+    history = {}
     for epoch in range(ppo_epochs):
         random.Random(seed * 1000 + epoch).shuffle(order)
         for mini_start in range(0, size, mini_batch_size):
             mini_indices = order[mini_start:mini_start + mini_batch_size]
-            mini_tokens = sum(int(batch["response_mask"][i].sum()) for i in mini_indices)
-            sums = {"pg_loss": 0.0, "kl": 0.0, "entropy": 0.0, "clip_frac": 0.0}
-            ratio_max = 0.0
+            normalizers = dict(mini_batch_tokens=max(int(mask_all[mini_indices].sum()), 1),
+                               mini_batch_sequences=len(mini_indices), max_response_length=max_response_length)
+            sums = {}
             for micro_start in range(0, len(mini_indices), micro_batch_size):
-                indices = mini_indices[micro_start:micro_start + micro_batch_size]
-                index_tensor = torch.tensor(indices)
+                indices = torch.tensor(mini_indices[micro_start:micro_start + micro_batch_size])
+                sequences = [batch["sequences"][i] for i in indices]
+                prompt_lengths = [batch["prompt_lengths"][i] for i in indices]
                 with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
                     logprobs, entropy = response_logprobs_and_entropy(
-                        model, [batch["sequences"][i] for i in indices], [batch["prompt_lengths"][i] for i in indices],
-                        temperature=temperature, pad_token_id=pad_token_id)  # [b, r]
+                        model, sequences, prompt_lengths, temperature=temperature, pad_token_id=pad_token_id)
                 width = logprobs.shape[1]
-                mask = batch["response_mask"][index_tensor, :width].to(device).float()  # [b, r]
-                old_logprobs = batch["old_logprobs"][index_tensor, :width].to(device)
-                advantages = batch["advantages"][index_tensor].to(device)[:, None]  # [b, 1]
+                take = lambda name: batch[name][indices, :width].to(device)  # noqa: E731
+                mask = take("response_mask").float()  # [b, r]
+                old_logprobs, advantages = take("old_logprobs"), take("advantages")
 
-                pg_loss, clipped = ppo_clip_loss(logprobs, old_logprobs, advantages, clip_ratio)
+                pg_loss, clipped = ppo_clip_loss(logprobs, old_logprobs, advantages, clip_ratio, clip_ratio_high,
+                                                 dual_clip)
+                if tis_cap is not None:
+                    pg_loss = pg_loss * torch.exp(old_logprobs - take("engine_logprobs")).clamp(max=tis_cap)
                 loss = pg_loss - entropy_coef * entropy
-                if kl_coef > 0:
-                    kl = kl_k3(logprobs, batch["ref_logprobs"][index_tensor, :width].to(device))
+                metrics = {"pg_loss": pg_loss, "entropy": entropy, "clip_frac": clipped.float(),
+                           "ratio_mean": torch.exp(logprobs - old_logprobs)}
+                if kl_coef > 0 and kl_in_loss:
+                    kl = kl_estimate(logprobs, take("ref_logprobs"), kl_estimator)
                     loss = loss + kl_coef * kl
-                    sums["kl"] += float((kl.detach() * mask).sum())
-                ((loss * mask).sum() / mini_tokens).backward()
+                    metrics["kl"] = kl
+                aggregate(loss, mask, loss_agg, **normalizers).backward()
 
-                sums["pg_loss"] += float((pg_loss.detach() * mask).sum())
-                sums["entropy"] += float((entropy.detach() * mask).sum())
-                sums["clip_frac"] += float((clipped.float() * mask).sum())
-                ratio_max = max(ratio_max, float((torch.exp(logprobs.detach() - old_logprobs) * mask).max()))
+                if critic is not None:
+                    with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
+                        values = response_values(critic, sequences, prompt_lengths, pad_token_id)
+                    critic_loss = value_loss(values, take("old_values"), take("returns"), value_clip)
+                    aggregate(critic_loss, mask, "token-mean", **normalizers).backward()
+                    metrics["value_loss"] = critic_loss
 
-            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), max_grad_norm)
+                with torch.no_grad():  # token means over the mini-batch, for logging
+                    for name, per_token in metrics.items():
+                        sums[name] = sums.get(name, 0.0) + float((per_token.detach() * mask).sum())
+                    sums["ratio_max"] = max(sums.get("ratio_max", 0.0),
+                                            float((metrics["ratio_mean"].detach() * mask).max()))
+
+            step_metrics = {name: (value if name == "ratio_max" else value / normalizers["mini_batch_tokens"])
+                            for name, value in sums.items()}
+            step_metrics["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(model.parameters(), max_grad_norm))
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
-            for name, total in sums.items():
-                history[name].append(total / mini_tokens)
-            history["grad_norm"].append(float(grad_norm))
-            history["ratio_max"].append(ratio_max)
-    return {name: sum(values) / len(values) for name, values in history.items() if values}
+            if critic is not None:
+                step_metrics["critic_grad_norm"] = float(torch.nn.utils.clip_grad_norm_(critic.parameters(),
+                                                                                        max_grad_norm))
+                critic_optimizer.step()
+                critic_optimizer.zero_grad(set_to_none=True)
+            for name, value in step_metrics.items():
+                history.setdefault(name, []).append(value)
+    return {name: sum(values) / len(values) for name, values in history.items()}
 
 
 #### Optimizer

@@ -7,10 +7,13 @@ One step of the loop (DeepSeek-R1-Zero; SimpleRL-Zoo, Zeng et al. 2025):
   1. take prompts_per_step problems and format them with the prompt template,
   2. sample samples_per_prompt responses to each with the colocated vLLM engine,
   3. reward each response by checking its last \\boxed{} answer against the gold answer,
-  4. turn rewards into advantages, normalized within each prompt's group of samples (GRPO),
+  4. (optionally) drop prompts whose samples all got the same reward: they carry no signal,
   5. recompute the log-probs of the sampled tokens under the policy (old) and the reference model,
-  6. take PPO clipped-objective steps over mini-batches, with a KL penalty to the reference model,
-  7. copy the updated weights into the engine, and log.
+  6. turn rewards into advantages, normalized within each prompt's group of samples (GRPO; or
+     Dr. GRPO, RLOO, REINFORCE++, or GAE with a learned critic),
+  7. take PPO clipped-objective steps over mini-batches, with a KL penalty to the reference model,
+  8. copy the updated weights into the engine,
+  9. log, and now and then evaluate on held-out problems.
 
 Every field of Config is a command-line flag (python train.py --help). Fields whose default is None
 ("auto") depend on the machine: on a GPU they take SimpleRL-Zoo's values; on a CPU, toy-sized ones.
@@ -66,6 +69,16 @@ class Config:
     # Reward and advantages
     reward_scheme: str = flag("correct", "correct: 1/0 (SimpleRL-Zoo); simplerl: +1 right, -0.5 wrong, -1 no box",
                               choices=["correct", "simplerl"])
+    adv_estimator: str = flag("grpo", "grpo: group mean/std (SimpleRL-Zoo); dr_grpo: group mean only, constant "
+                                      "length normalizer; rloo: leave-one-out baseline; reinforce_pp: "
+                                      "REINFORCE++, batch-normalized returns; gae: PPO with a learned critic",
+                              choices=["grpo", "dr_grpo", "rloo", "reinforce_pp", "gae"])
+    gamma: float = flag(1.0, "discount for gae and reinforce_pp returns")
+    lam: float = flag(1.0, "GAE lambda")
+    critic_lr: float = flag(None, "critic learning rate for gae (auto: 1e-5 on GPU, 1e-3 for the CPU toy)")
+    value_clip: float = flag(0.5, "critic value clipping range for gae")
+    drop_zero_signal_groups: bool = flag(False, "drop prompts whose samples all got the same reward (zero "
+                                                "advantage under group baselines) before the update")
 
     # PPO update
     lr: float = flag(None, "learning rate (auto: 1e-6 on GPU as SimpleRL-Zoo, 1e-4 for the CPU toy)")
@@ -80,7 +93,20 @@ class Config:
                                        "accumulated over micro-batches (auto: 8 on GPU, 64 on CPU)")
     ppo_epochs: int = flag(1, "passes over each rollout batch")
     clip_ratio: float = flag(0.2, "PPO clip range epsilon: ratios outside [1-eps, 1+eps] get no gradient")
-    kl_coef: float = flag(1e-4, "weight of the k3 KL(policy || reference) loss; 0 skips loading the reference")
+    clip_ratio_high: float = flag(None, "upper clip range when different from --clip-ratio (DAPO's clip-higher: "
+                                        "0.28); default: same as --clip-ratio")
+    dual_clip: float = flag(None, "dual-clip constant c > 1: bounds negative-advantage token losses by -c*A "
+                                  "(verl uses 3); default off")
+    loss_agg: str = flag("auto", "token-mean, seq-mean-token-mean (original GRPO) or seq-mean-token-sum-norm "
+                                 "(Dr. GRPO); auto: seq-mean-token-sum-norm for dr_grpo, else token-mean",
+                         choices=["auto", "token-mean", "seq-mean-token-mean", "seq-mean-token-sum-norm"])
+    kl_coef: float = flag(1e-4, "weight of the KL(policy || reference) term; 0 skips loading the reference")
+    kl_estimator: str = flag("k3", "k1, k2 or k3 (low variance, non-negative) per-token KL estimate",
+                             choices=["k1", "k2", "k3"])
+    kl_in_reward: bool = flag(False, "fold the KL into the reward (InstructGPT-style) instead of the loss")
+    mask_truncated: bool = flag(False, "leave responses cut off at --max-new-tokens out of the loss (DAPO)")
+    tis_cap: float = flag(None, "truncated importance sampling: weight tokens by min(pi_trainer / pi_engine, "
+                                "cap) to correct engine-trainer mismatch (e.g. 2); default off")
     entropy_coef: float = flag(1e-3, "weight of the entropy bonus")
     max_grad_norm: float = flag(1.0, "gradient clipping threshold")
     gradient_checkpointing: bool = flag(True, "recompute activations in the backward pass to save memory")
@@ -94,9 +120,9 @@ class Config:
 
 # SimpleRL-Zoo's settings (verl; paper section 3) and a CPU-sized toy recipe, for the "auto" fields.
 GPU_DEFAULTS = dict(prompts_per_step=1024, max_new_tokens=8192, vllm_memory_utilization=0.5,
-                    lr=1e-6, mini_batch_prompts=256, micro_batch_size=8, eval_every=10)
+                    lr=1e-6, critic_lr=1e-5, mini_batch_prompts=256, micro_batch_size=8, eval_every=10)
 CPU_DEFAULTS = dict(prompts_per_step=32, max_new_tokens=32, vllm_memory_utilization=0.15,
-                    lr=1e-4, mini_batch_prompts=None, micro_batch_size=64, eval_every=0)
+                    lr=1e-4, critic_lr=1e-3, mini_batch_prompts=None, micro_batch_size=64, eval_every=0)
 
 
 def parse_config(argv=None):
@@ -127,8 +153,11 @@ def resolve_auto(config, on_gpu):
     if config.prompts_per_step % config.mini_batch_prompts:
         sys.exit(f"--prompts-per-step {config.prompts_per_step} is not a multiple of "
                  f"--mini-batch-prompts {config.mini_batch_prompts}")
-    if config.samples_per_prompt < 2:
-        sys.exit("--samples-per-prompt must be at least 2: GRPO normalizes rewards within each prompt's group")
+    if config.samples_per_prompt < 2 and config.adv_estimator in ("grpo", "dr_grpo", "rloo"):
+        sys.exit(f"--samples-per-prompt must be at least 2 for {config.adv_estimator}: its baseline comes "
+                 "from the other samples of the same prompt")
+    if config.loss_agg == "auto":
+        config.loss_agg = "seq-mean-token-sum-norm" if config.adv_estimator == "dr_grpo" else "token-mean"
     if config.vllm_sleep and not on_gpu:
         print("note: --vllm-sleep has no effect without a GPU; ignored")
         config.vllm_sleep = False
@@ -153,20 +182,29 @@ def load_model(path, device, gradient_checkpointing=False):
     return model
 
 
-@torch.no_grad()
-def batched_logprobs(model, sequences, prompt_lengths, micro_batch_size, temperature, pad_token_id, autocast_dtype):
-    """Log-probs [B, R] of the response tokens under `model`, computed micro-batch by micro-batch."""
-    from ppo import response_logprobs_and_entropy
+def load_critic(path, device, gradient_checkpointing=False):
+    """The value model for gae: the policy's network with a fresh scalar head (as verl's critic)."""
+    from transformers import AutoConfig, AutoModelForTokenClassification
 
+    config = AutoConfig.from_pretrained(path, num_labels=1)
+    config.classifier_dropout = 0.0  # dropout would make the value estimates noisy
+    critic = AutoModelForTokenClassification.from_pretrained(
+        path, config=config, dtype=torch.float32, attn_implementation="sdpa").to(device)
+    if gradient_checkpointing:
+        critic.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    return critic
+
+
+@torch.no_grad()
+def batched_forward(per_token_fn, sequences, prompt_lengths, micro_batch_size, autocast_dtype, device):
+    """per_token_fn(sequences, prompt_lengths) -> [b, r], run micro-batch by micro-batch into one [B, R]."""
     width = max(len(s) - p for s, p in zip(sequences, prompt_lengths))
     out = torch.zeros(len(sequences), width)
-    device = next(model.parameters()).device
     for start in range(0, len(sequences), micro_batch_size):
         end = start + micro_batch_size
         with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
-            logprobs, _ = response_logprobs_and_entropy(model, sequences[start:end], prompt_lengths[start:end],
-                                                        temperature=temperature, pad_token_id=pad_token_id)
-        out[start:end, :logprobs.shape[1]] = logprobs.float().cpu()
+            values = per_token_fn(sequences[start:end], prompt_lengths[start:end])
+        out[start:end, :values.shape[1]] = values.float().cpu()
     return out
 
 
@@ -196,7 +234,8 @@ def main(argv=None):
 
     from data.problems import TEMPLATE_STOP_STRINGS, default_template, format_prompt, load_problems
     from evaluate import evaluate_accuracy
-    from ppo import grpo_advantages, make_optimizer, ppo_update
+    from ppo import compute_advantages, kl_estimate, make_optimizer, ppo_update, response_logprobs_and_entropy, \
+        response_values
     from reward import grade_batch
     from rollout import HFEngine, VLLMEngine, vllm_available
 
@@ -232,6 +271,10 @@ def main(argv=None):
         reference = load_model(config.model, device).eval().requires_grad_(False)
     optimizer, scheduler = make_optimizer(policy, config.optim, config.lr, config.weight_decay,
                                           config.lr_warmup_steps)
+    critic = critic_optimizer = None
+    if config.adv_estimator == "gae":
+        critic = load_critic(config.model, device, config.gradient_checkpointing).train()
+        critic_optimizer, _ = make_optimizer(critic, config.optim, config.critic_lr, config.weight_decay, 0)
 
     use_vllm = config.rollout_engine == "vllm" or (config.rollout_engine == "auto" and vllm_available())
     if use_vllm:
@@ -275,47 +318,77 @@ def main(argv=None):
         rewards = torch.tensor(graded["reward"])  # [B]
         timings["time/reward"] = time.perf_counter() - start
 
-        #### 4. Advantages: GRPO, each response against the other responses to its prompt
-        advantages = grpo_advantages(rewards, config.samples_per_prompt)  # [B]
+        #### 4. Groups with no signal: every sample of the prompt got the same reward
+        samples_per_prompt = config.samples_per_prompt
+        zero_signal = (rewards.view(-1, samples_per_prompt) == rewards.view(-1, samples_per_prompt)[:, :1]).all(1)
+        train_samples, train_rewards = samples, rewards
+        if config.drop_zero_signal_groups:
+            keep = (~zero_signal).repeat_interleave(samples_per_prompt)  # [B]
+            train_samples = [s for s, kept in zip(samples, keep.tolist()) if kept]
+            train_rewards = rewards[keep]
 
-        #### 5. Old-policy and reference log-probs of the sampled tokens
+        #### 5. Old-policy and reference log-probs of the sampled tokens (and the critic's values)
         start = time.perf_counter()
-        sequences = [s.prompt_token_ids + s.response_token_ids for s in samples]
-        prompt_token_counts = [len(s.prompt_token_ids) for s in samples]
-        response_lengths = torch.tensor([len(s.response_token_ids) for s in samples])  # [B]
-        response_mask = torch.arange(int(response_lengths.max()))[None, :] < response_lengths[:, None]  # [B, R]
-        logprob_args = dict(micro_batch_size=config.micro_batch_size, temperature=config.temperature,
-                            pad_token_id=tokenizer.pad_token_id, autocast_dtype=autocast_dtype)
-        old_logprobs = batched_logprobs(policy, sequences, prompt_token_counts, **logprob_args)  # [B, R]
-        ref_logprobs = (batched_logprobs(reference, sequences, prompt_token_counts, **logprob_args)
-                        if reference is not None else None)
-        engine_logprobs = torch.zeros_like(old_logprobs)  # [B, R]
-        for row, sample in enumerate(samples):
-            engine_logprobs[row, :len(sample.response_logprobs)] = torch.tensor(sample.response_logprobs)
-        # The health check of weight sync: the engine sampled from the same policy the trainer holds.
-        rollout_logprob_diff = float(((engine_logprobs - old_logprobs).abs() * response_mask).sum()
-                                     / response_mask.sum())
+        sequences = [s.prompt_token_ids + s.response_token_ids for s in train_samples]
+        prompt_token_counts = [len(s.prompt_token_ids) for s in train_samples]
+        response_lengths = torch.tensor([len(s.response_token_ids) for s in train_samples])  # [B]
+        response_mask = torch.arange(int(response_lengths.max(initial=1)))[None, :] < response_lengths[:, None]
+        forward_args = dict(micro_batch_size=config.micro_batch_size, autocast_dtype=autocast_dtype, device=device)
+        logprobs_of = lambda model: (lambda seqs, lens: response_logprobs_and_entropy(  # noqa: E731
+            model, seqs, lens, temperature=config.temperature, pad_token_id=tokenizer.pad_token_id)[0])
+        update_metrics = {}
+        if train_samples:
+            old_logprobs = batched_forward(logprobs_of(policy), sequences, prompt_token_counts, **forward_args)
+            ref_logprobs = (batched_forward(logprobs_of(reference), sequences, prompt_token_counts, **forward_args)
+                            if reference is not None else None)
+            old_values = (batched_forward(lambda seqs, lens: response_values(critic, seqs, lens, tokenizer.pad_token_id),
+                                          sequences, prompt_token_counts, **forward_args) if critic is not None else None)
+            engine_logprobs = torch.zeros_like(old_logprobs)  # [B, R]
+            for row, sample in enumerate(train_samples):
+                engine_logprobs[row, :len(sample.response_logprobs)] = torch.tensor(sample.response_logprobs)
+            # The health check of weight sync: the engine sampled from the same policy the trainer holds.
+            update_metrics["rollout_logprob_diff"] = float(((engine_logprobs - old_logprobs).abs() * response_mask).sum()
+                                                           / response_mask.sum())
 
-        #### 6. PPO update
-        batch = dict(sequences=sequences, prompt_lengths=prompt_token_counts, old_logprobs=old_logprobs,
-                     ref_logprobs=ref_logprobs, advantages=advantages, response_mask=response_mask)
-        update_metrics = ppo_update(
-            policy, optimizer, batch, mini_batch_size=config.mini_batch_prompts * config.samples_per_prompt,
-            micro_batch_size=config.micro_batch_size, ppo_epochs=config.ppo_epochs, clip_ratio=config.clip_ratio,
-            kl_coef=config.kl_coef, entropy_coef=config.entropy_coef, max_grad_norm=config.max_grad_norm,
-            temperature=config.temperature, pad_token_id=tokenizer.pad_token_id, seed=config.seed + step,
-            autocast_dtype=autocast_dtype)
+            #### 6. Advantages [B, R]
+            kl_penalty = None
+            if config.kl_in_reward and reference is not None:
+                kl_penalty = kl_estimate(old_logprobs, ref_logprobs, config.kl_estimator) * response_mask
+                update_metrics["kl"] = float(kl_penalty.sum() / response_mask.sum())
+            advantages, returns = compute_advantages(
+                config.adv_estimator, train_rewards, response_mask, samples_per_prompt, kl_penalty=kl_penalty,
+                kl_coef=config.kl_coef, values=old_values, gamma=config.gamma, lam=config.lam)
+            loss_mask = response_mask
+            if config.mask_truncated:
+                truncated = torch.tensor([s.finish_reason == "length" for s in train_samples])
+                loss_mask = response_mask & ~truncated[:, None]
+
+            #### 7. PPO update: clipped surrogate + KL + entropy, over mini-batches of micro-batches
+            batch = dict(sequences=sequences, prompt_lengths=prompt_token_counts, old_logprobs=old_logprobs,
+                         ref_logprobs=ref_logprobs, engine_logprobs=engine_logprobs, advantages=advantages,
+                         response_mask=loss_mask, old_values=old_values, returns=returns)
+            mini_batches = config.prompts_per_step // config.mini_batch_prompts
+            update_metrics.update(ppo_update(
+                policy, optimizer, batch, mini_batch_size=-(-len(train_samples) // mini_batches),
+                micro_batch_size=config.micro_batch_size, ppo_epochs=config.ppo_epochs,
+                clip_ratio=config.clip_ratio, clip_ratio_high=config.clip_ratio_high, dual_clip=config.dual_clip,
+                loss_agg=config.loss_agg, kl_coef=config.kl_coef, kl_estimator=config.kl_estimator,
+                kl_in_loss=not config.kl_in_reward, entropy_coef=config.entropy_coef,
+                max_grad_norm=config.max_grad_norm, temperature=config.temperature,
+                pad_token_id=tokenizer.pad_token_id, seed=config.seed + step, max_response_length=config.max_new_tokens,
+                tis_cap=config.tis_cap, critic=critic, critic_optimizer=critic_optimizer, value_clip=config.value_clip,
+                autocast_dtype=autocast_dtype))
         lr = scheduler.get_last_lr()[0]
         scheduler.step()
         timings["time/update"] = time.perf_counter() - start
 
-        #### 7. Weight sync: the next rollout must sample from the updated policy
+        #### 8. Weight sync: the next rollout must sample from the updated policy
         start = time.perf_counter()
         engine.wake_up()
         engine.sync_weights(policy)
         timings["time/sync"] = time.perf_counter() - start
 
-        #### 8. Log
+        #### 9. Log
         metrics = {
             "step": step,
             "reward_mean": float(rewards.mean()),
@@ -323,8 +396,7 @@ def main(argv=None):
             "format_rate": sum(p is not None for p in graded["pred"]) / len(samples),
             "response_length_mean": float(response_lengths.float().mean()),
             "truncated_rate": sum(s.finish_reason == "length" for s in samples) / len(samples),
-            "zero_signal_groups": float((rewards.view(-1, config.samples_per_prompt).std(1) == 0).float().mean()),
-            "rollout_logprob_diff": rollout_logprob_diff,
+            "zero_signal_groups": float(zero_signal.float().mean()),  # dropped, with --drop-zero-signal-groups
             "lr": lr,
             **update_metrics,
             **timings,

@@ -7,7 +7,9 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from ppo import grpo_advantages, kl_k3, make_optimizer, ppo_clip_loss, ppo_update, response_logprobs_and_entropy
+from ppo import (aggregate, compute_advantages, discounted_returns, dr_grpo_advantages, gae_advantages,
+                 grpo_advantages, kl_estimate, kl_k3, make_optimizer, naive_response_logprobs, ppo_clip_loss,
+                 ppo_update, response_logprobs_and_entropy, rloo_advantages, token_level_rewards, value_loss, whiten)
 
 
 def test_grpo_advantages_by_hand():
@@ -62,7 +64,7 @@ def fixed_batch(model, size=8, prompt_length=6, seed=0):
     width = old_logprobs.shape[1]
     response_mask = torch.tensor([[column < len(s) - p for column in range(width)]
                                   for s, p in zip(sequences, prompt_lengths)])
-    advantages = torch.tensor([1.0, -1.0] * (size // 2))
+    advantages = torch.tensor([1.0, -1.0] * (size // 2))[:, None] * response_mask  # [B, R]
     return dict(sequences=sequences, prompt_lengths=prompt_lengths, old_logprobs=old_logprobs,
                 ref_logprobs=old_logprobs.clone(), advantages=advantages, response_mask=response_mask)
 
@@ -71,7 +73,7 @@ def surrogate_loss(model, batch):
     """The token-mean PPO surrogate of `batch` under `model`'s current weights."""
     with torch.no_grad():
         logprobs, _ = response_logprobs_and_entropy(model, batch["sequences"], batch["prompt_lengths"])
-    loss, _ = ppo_clip_loss(logprobs, batch["old_logprobs"], batch["advantages"][:, None], clip_ratio=0.2)
+    loss, _ = ppo_clip_loss(logprobs, batch["old_logprobs"], batch["advantages"], clip_ratio=0.2)
     mask = batch["response_mask"].float()
     return float((loss * mask).sum() / mask.sum())
 
@@ -125,3 +127,162 @@ def test_chunked_logprobs_and_entropy_equal_the_full_softmax(policy):
         assert mask[row, :width].all() and not mask[row, width:].any()
         torch.testing.assert_close(logprobs[row, :width], expected_logprobs, atol=1e-5, rtol=1e-5)
         torch.testing.assert_close(entropy[row, :width], expected_entropy, atol=1e-5, rtol=1e-5)
+
+
+#### Advantage estimators by hand
+
+REWARDS = torch.tensor([1.0, 0.0, 0.0, 0.0, 1.0, 1.0, 1.0, 1.0])
+
+
+def test_dr_grpo_advantages_by_hand():
+    # Group means 0.25 and 1: no std division.
+    expected = torch.tensor([0.75, -0.25, -0.25, -0.25, 0.0, 0.0, 0.0, 0.0])
+    torch.testing.assert_close(dr_grpo_advantages(REWARDS, 4), expected)
+
+
+def test_rloo_advantages_by_hand():
+    # Sample 0's baseline is the mean of the other three: 0 -> A = 1. Sample 1's: (1 + 0 + 0) / 3 -> A = -1/3.
+    expected = torch.tensor([1.0, -1 / 3, -1 / 3, -1 / 3, 0.0, 0.0, 0.0, 0.0])
+    torch.testing.assert_close(rloo_advantages(REWARDS, 4), expected)
+
+
+def test_token_level_rewards_put_the_outcome_on_the_last_real_token():
+    mask = torch.tensor([[1, 1, 1], [1, 0, 0]]).bool()
+    token_rewards = token_level_rewards(torch.tensor([2.0, -1.0]), mask)
+    torch.testing.assert_close(token_rewards, torch.tensor([[0.0, 0.0, 2.0], [-1.0, 0.0, 0.0]]))
+    # The KL folded into the reward: -coef * KL on every real token.
+    kl = torch.tensor([[0.1, 0.2, 0.3], [0.5, 9.0, 9.0]])
+    with_kl = token_level_rewards(torch.tensor([2.0, -1.0]), mask, kl_penalty=kl, kl_coef=0.5)
+    torch.testing.assert_close(with_kl, torch.tensor([[-0.05, -0.1, 1.85], [-1.25, 0.0, 0.0]]))
+
+
+def test_discounted_returns_by_hand():
+    token_rewards = torch.tensor([[0.0, 1.0, 2.0], [3.0, 0.0, 0.0]])
+    mask = torch.tensor([[1, 1, 1], [1, 0, 0]]).bool()
+    # gamma 0.5: row 0: G2 = 2, G1 = 1 + 0.5 * 2 = 2, G0 = 0 + 0.5 * 2 = 1; row 1: G0 = 3.
+    torch.testing.assert_close(discounted_returns(token_rewards, mask, gamma=0.5),
+                               torch.tensor([[1.0, 2.0, 2.0], [3.0, 0.0, 0.0]]))
+
+
+def test_gae_by_hand():
+    token_rewards = torch.tensor([[0.0, 1.0]])
+    values = torch.tensor([[0.5, 0.2]])
+    mask = torch.ones(1, 2).bool()
+    # gamma 0.9, lam 0.8: delta1 = 1 + 0 - 0.2 = 0.8; delta0 = 0 + 0.9 * 0.2 - 0.5 = -0.32
+    # A1 = 0.8; A0 = -0.32 + 0.9 * 0.8 * 0.8 = 0.256; returns = A + V = [0.756, 1.0]
+    advantages, returns = gae_advantages(token_rewards, values, mask, gamma=0.9, lam=0.8)
+    torch.testing.assert_close(advantages, torch.tensor([[0.256, 0.8]]))
+    torch.testing.assert_close(returns, torch.tensor([[0.756, 1.0]]))
+
+
+def test_gae_with_gamma_and_lambda_one_is_reward_to_go_minus_value():
+    generator = torch.Generator().manual_seed(0)
+    token_rewards = torch.randn(4, 6, generator=generator)
+    values = torch.randn(4, 6, generator=generator)
+    mask = torch.arange(6)[None, :] < torch.tensor([6, 4, 1, 3])[:, None]
+    token_rewards, values = token_rewards * mask, values * mask
+    advantages, _ = gae_advantages(token_rewards, values, mask, gamma=1.0, lam=1.0)
+    torch.testing.assert_close(advantages, (discounted_returns(token_rewards, mask, 1.0) - values) * mask)
+
+
+def test_whiten_over_the_masked_entries_only():
+    values = torch.tensor([[1.0, 3.0, 100.0]])
+    mask = torch.tensor([[1.0, 1.0, 0.0]])
+    # mean 2, population std 1 -> [-1, 1], the padding stays 0
+    torch.testing.assert_close(whiten(values, mask), torch.tensor([[-1.0, 1.0, 0.0]]), atol=1e-6, rtol=0)
+
+
+def test_compute_advantages_broadcasts_group_estimators_over_tokens():
+    mask = torch.tensor([[1, 1, 0], [1, 1, 1]]).bool()
+    advantages, returns = compute_advantages("grpo", torch.tensor([1.0, 0.0]), mask, samples_per_prompt=2)
+    # mean 0.5, unbiased std 0.7071: +-0.7071 on every real token
+    torch.testing.assert_close(advantages, torch.tensor([[0.7071, 0.7071, 0.0], [-0.7071, -0.7071, -0.7071]]),
+                               atol=1e-4, rtol=0)
+    assert returns is None
+    # REINFORCE++: per-token returns whitened over the batch (5 tokens: 1, 1, 0, 0, 0 -> mean 0.4, std 0.4899)
+    advantages, _ = compute_advantages("reinforce_pp", torch.tensor([1.0, 0.0]), mask, samples_per_prompt=2)
+    torch.testing.assert_close(advantages, torch.tensor([[1.2247, 1.2247, 0.0], [-0.8165, -0.8165, -0.8165]]),
+                               atol=1e-4, rtol=0)
+
+
+#### Losses by hand
+
+def test_kl_estimators_by_hand():
+    logprobs, ref = torch.tensor([-1.0]), torch.tensor([-2.0])  # log-ratio log(pi/ref) = 1
+    assert kl_estimate(logprobs, ref, "k1").item() == pytest.approx(1.0)
+    assert kl_estimate(logprobs, ref, "k2").item() == pytest.approx(0.5)
+    assert kl_estimate(logprobs, ref, "k3").item() == pytest.approx(math.exp(-1) + 1 - 1)
+
+
+def test_clip_higher_and_dual_clip_by_hand():
+    old = torch.zeros(3)
+    new = torch.log(torch.tensor([1.25, 1.25, 5.0]))
+    advantages = torch.tensor([1.0, 1.0, -1.0])
+    # clip-higher 0.28: ratio 1.25 is inside [0.8, 1.28] -> unclipped -1.25; symmetric 0.2 clips it to -1.2
+    loss, clipped = ppo_clip_loss(new[:1], old[:1], advantages[:1], clip_ratio=0.2, clip_ratio_high=0.28)
+    assert loss.item() == pytest.approx(-1.25) and not clipped.item()
+    loss, clipped = ppo_clip_loss(new[:1], old[:1], advantages[:1], clip_ratio=0.2)
+    assert loss.item() == pytest.approx(-1.2) and clipped.item()
+    # dual clip c = 3: A = -1, ratio 5 -> plain PPO loss max(5, 1.2) = 5; dual clip bounds it at -c*A = 3
+    loss, clipped = ppo_clip_loss(new[2:], old[2:], advantages[2:], clip_ratio=0.2)
+    assert loss.item() == pytest.approx(5.0) and not clipped.item()
+    loss, clipped = ppo_clip_loss(new[2:], old[2:], advantages[2:], clip_ratio=0.2, dual_clip=3.0)
+    assert loss.item() == pytest.approx(3.0) and clipped.item()
+
+
+def test_value_loss_by_hand():
+    # V = 2, V_old = 1, G = 3, clip 0.5: unclipped (2 - 3)^2 = 1; clipped V = 1.5 -> (1.5 - 3)^2 = 2.25
+    loss = value_loss(torch.tensor([2.0]), torch.tensor([1.0]), torch.tensor([3.0]), value_clip=0.5)
+    assert loss.item() == pytest.approx(0.5 * 2.25)
+
+
+def test_loss_aggregations_by_hand():
+    per_token = torch.tensor([[1.0, 2.0, 3.0], [4.0, 0.0, 0.0]])
+    mask = torch.tensor([[1.0, 1.0, 1.0], [1.0, 0.0, 0.0]])
+    normalizers = dict(mini_batch_tokens=4, mini_batch_sequences=2, max_response_length=10)
+    assert aggregate(per_token, mask, "token-mean", **normalizers).item() == pytest.approx(10 / 4)
+    assert aggregate(per_token, mask, "seq-mean-token-mean", **normalizers).item() == pytest.approx((2 + 4) / 2)
+    assert aggregate(per_token, mask, "seq-mean-token-sum-norm", **normalizers).item() == pytest.approx(10 / 20)
+
+
+@pytest.mark.parametrize("loss_agg", ["seq-mean-token-mean", "seq-mean-token-sum-norm"])
+def test_other_aggregations_do_not_depend_on_micro_batch_split(policy, loss_agg):
+    batch = fixed_batch(policy)
+
+    def gradients(micro_batch_size):
+        model = copy.deepcopy(policy)
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.0)
+        optimizer.zero_grad = lambda set_to_none=True: None
+        ppo_update(model, optimizer, batch, mini_batch_size=8, micro_batch_size=micro_batch_size, loss_agg=loss_agg,
+                   **{**UPDATE_ARGS, "max_grad_norm": 1e9})
+        return torch.cat([p.grad.flatten() for p in model.parameters()])
+
+    torch.testing.assert_close(gradients(3), gradients(8), atol=1e-6, rtol=1e-4)
+
+
+def test_second_mini_batch_is_off_policy_first_is_not(policy):
+    batch = fixed_batch(policy, size=8)
+    optimizer, _ = make_optimizer(policy, "adamw", lr=1e-2, weight_decay=0.0, warmup_steps=0)
+    one = ppo_update(copy.deepcopy(policy), optimizer, batch, mini_batch_size=8, micro_batch_size=8, **UPDATE_ARGS)
+    assert one["ratio_max"] == pytest.approx(1.0, abs=1e-5) and one["clip_frac"] == 0.0
+    model = copy.deepcopy(policy)
+    optimizer, _ = make_optimizer(model, "adamw", lr=1e-2, weight_decay=0.0, warmup_steps=0)
+    two = ppo_update(model, optimizer, batch, mini_batch_size=4, micro_batch_size=4, **{**UPDATE_ARGS, "ppo_epochs": 2})
+    assert two["ratio_max"] > 1.0 + 1e-3  # later mini-batches see a policy that has moved
+
+
+def test_naive_and_chunked_logprobs_agree(policy):
+    batch = fixed_batch(policy)
+    with torch.no_grad():
+        chunked, _ = response_logprobs_and_entropy(policy, batch["sequences"], batch["prompt_lengths"], chunk_tokens=4)
+        naive = naive_response_logprobs(policy, batch["sequences"], batch["prompt_lengths"])
+    torch.testing.assert_close(chunked * batch["response_mask"], naive, atol=1e-5, rtol=1e-5)
+
+
+def test_adamw8bit_step_runs_on_cpu(policy):
+    pytest.importorskip("bitsandbytes")
+    batch = fixed_batch(policy)
+    optimizer, _ = make_optimizer(policy, "adamw8bit", lr=1e-3, weight_decay=0.0, warmup_steps=0)
+    before = surrogate_loss(policy, batch)
+    ppo_update(policy, optimizer, batch, mini_batch_size=8, micro_batch_size=8, **UPDATE_ARGS)
+    assert surrogate_loss(policy, batch) < before
