@@ -48,7 +48,7 @@ def _chunk_logprob_and_entropy(hidden, targets, lm_head, temperature):
 
 
 def response_logprobs_and_entropy(model, sequences, prompt_lengths, temperature=1.0, pad_token_id=0,
-                                  chunk_tokens=4096):
+                                  chunk_tokens=1024):
     """Log-probs [B, R] of the response tokens and the policy entropy [B, R] at each of them.
 
     The vocabulary projection runs over chunks of `chunk_tokens` response tokens, each under activation

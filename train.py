@@ -332,7 +332,8 @@ def main(argv=None):
         sequences = [s.prompt_token_ids + s.response_token_ids for s in train_samples]
         prompt_token_counts = [len(s.prompt_token_ids) for s in train_samples]
         response_lengths = torch.tensor([len(s.response_token_ids) for s in train_samples])  # [B]
-        response_mask = torch.arange(int(response_lengths.max(initial=1)))[None, :] < response_lengths[:, None]
+        width = int(response_lengths.max()) if train_samples else 0
+        response_mask = torch.arange(width)[None, :] < response_lengths[:, None]  # [B, R]
         forward_args = dict(micro_batch_size=config.micro_batch_size, autocast_dtype=autocast_dtype, device=device)
         logprobs_of = lambda model: (lambda seqs, lens: response_logprobs_and_entropy(  # noqa: E731
             model, seqs, lens, temperature=config.temperature, pad_token_id=tokenizer.pad_token_id)[0])
