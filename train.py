@@ -67,8 +67,9 @@ class Config:
     vllm_sleep: bool = flag(False, "put the engine to sleep (free its KV cache) during the update; GPU only")
 
     # Reward and advantages
-    reward_scheme: str = flag("correct", "correct: 1/0 (SimpleRL-Zoo); simplerl: +1 right, -0.5 wrong, -1 no box",
-                              choices=["correct", "simplerl"])
+    reward_scheme: str = flag("correct", "correct: 1/0 (SimpleRL-Zoo); simplerl: +1 right, -0.5 wrong, -1 no "
+                                         "box (SimpleRL blog); format: 1 right, 0 wrong, -1 badly formatted "
+                                         "(no box, or boxes that disagree)", choices=["correct", "simplerl", "format"])
     adv_estimator: str = flag("grpo", "grpo: group mean/std (SimpleRL-Zoo); dr_grpo: group mean only, constant "
                                       "length normalizer; rloo: leave-one-out baseline; reinforce_pp: "
                                       "REINFORCE++, batch-normalized returns; gae: PPO with a learned critic",
@@ -397,6 +398,7 @@ def main(argv=None):
             "format_rate": sum(p is not None for p in graded["pred"]) / len(samples),
             "response_length_mean": float(response_lengths.float().mean()),
             "truncated_rate": sum(s.finish_reason == "length" for s in samples) / len(samples),
+            "grade_timeouts": sum(graded["timeouts"]),  # comparisons killed at the grader's deadline
             "zero_signal_groups": float(zero_signal.float().mean()),  # dropped, with --drop-zero-signal-groups
             "lr": lr,
             **update_metrics,
