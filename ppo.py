@@ -43,17 +43,18 @@ def _chunk_logprob_and_entropy(hidden, targets, lm_head, temperature):
     log_normalizer = torch.logsumexp(logits, dim=-1)  # [N]
     logprob = logits.gather(-1, targets[:, None]).squeeze(-1) - log_normalizer
     probs = torch.softmax(logits, dim=-1)
-    entropy = log_normalizer - (probs * logits).sum(-1)  # H = logsumexp(z) - sum_v p_v z_v
+    entropy = log_normalizer - torch.einsum("nv,nv->n", probs, logits)  # H = logsumexp(z) - sum_v p_v z_v
     return logprob, entropy
 
 
 def response_logprobs_and_entropy(model, sequences, prompt_lengths, temperature=1.0, pad_token_id=0,
-                                  chunk_tokens=1024):
+                                  chunk_tokens=512):
     """Log-probs [B, R] of the response tokens and the policy entropy [B, R] at each of them.
 
     The vocabulary projection runs over chunks of `chunk_tokens` response tokens, each under activation
-    checkpointing, so at most one [chunk_tokens, vocab] float32 block of logits lives at a time, in the
-    forward and in the backward pass (Qwen2.5: 152k vocab x 4 bytes = 0.6 MB per token otherwise).
+    checkpointing, so only one chunk's [chunk_tokens, vocab] float32 blocks (logits, softmax and their
+    gradients) live at a time, in the forward and in the backward pass. (Qwen2.5: 152k vocab x 4 bytes
+    = 0.6 MB per token and per such tensor; 8 responses of 4096 tokens would need 20 GB each.)
     Prompt positions never reach the vocabulary projection at all.
     """
     device = next(model.parameters()).device
@@ -79,15 +80,17 @@ def response_logprobs_and_entropy(model, sequences, prompt_lengths, temperature=
     return logprobs, entropy
 
 
-def naive_response_logprobs(model, sequences, prompt_lengths, temperature=1.0, pad_token_id=0):
-    """The textbook version, for comparison only: full [B, L, vocab] float32 logits, then log_softmax."""
+def naive_response_logprobs_and_entropy(model, sequences, prompt_lengths, temperature=1.0, pad_token_id=0):
+    """The textbook version, for comparison only: full [B, L, vocab] float32 logits, log_softmax, softmax."""
     device = next(model.parameters()).device
     input_ids, response_mask, target_positions = _response_positions(sequences, prompt_lengths, pad_token_id, device)
     logits = model(input_ids=input_ids, use_cache=False).logits.float() / temperature  # [B, L, vocab]
-    logprobs_all = torch.log_softmax(logits, dim=-1)
-    logprobs = logprobs_all.gather(1, (target_positions - 1)[..., None].expand(-1, -1, logits.shape[-1]))
+    logprobs_all = torch.log_softmax(logits, dim=-1)  # [B, L, vocab]
+    entropy_all = -(logprobs_all.exp() * logprobs_all).sum(-1)  # [B, L]
+    previous = target_positions - 1  # [B, R]
+    logprobs = logprobs_all.gather(1, previous[..., None].expand(-1, -1, logits.shape[-1]))
     logprobs = logprobs.gather(-1, input_ids.gather(1, target_positions)[..., None]).squeeze(-1)
-    return logprobs * response_mask
+    return logprobs * response_mask, entropy_all.gather(1, previous) * response_mask
 
 
 def response_values(critic, sequences, prompt_lengths, pad_token_id=0):

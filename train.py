@@ -309,7 +309,8 @@ def main(argv=None):
         samples = engine.generate([format_prompt(p["problem"], template) for p in problems],
                                   samples_per_prompt=config.samples_per_prompt, temperature=config.temperature,
                                   top_p=config.top_p, max_new_tokens=config.max_new_tokens, stop=stop)
-        engine.sleep() if config.vllm_sleep else None
+        if config.vllm_sleep:
+            engine.sleep()
         golds = [problems[s.prompt_index]["answer"] for s in samples]
         timings["time/rollout"] = time.perf_counter() - start
 

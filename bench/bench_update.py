@@ -8,8 +8,8 @@ Every variant runs in a fresh subprocess, so peak memory is its own: on a GPU to
 on a CPU the process's peak resident memory above what it held after building the model. Models are
 built from a config with random weights (no download): they cost the same FLOPs and memory as trained
 ones. Variants:
-  logprobs-naive     forward, full [tokens, vocab] float32 logits + log_softmax, backward
-  logprobs-chunked   forward, ppo.response_logprobs_and_entropy (chunked vocabulary projection), backward
+  logprobs-naive     log-probs and entropy from full [tokens, vocab] float32 logits, forward and backward
+  logprobs-chunked   the same through ppo.response_logprobs_and_entropy (chunked, checkpointed projection)
   update             one PPO update step (ppo.ppo_update: forward, backward, AdamW step), checkpointing on
   update-no-ckpt     the same without gradient checkpointing
   update-8bit        the same with bitsandbytes AdamW8bit (needs a GPU build of bitsandbytes, or its CPU one)
@@ -66,7 +66,7 @@ def run_variant(args):
     """Runs in its own process; prints one JSON line."""
     import torch
 
-    from ppo import make_optimizer, naive_response_logprobs, ppo_update, response_logprobs_and_entropy
+    from ppo import make_optimizer, naive_response_logprobs_and_entropy, ppo_update, response_logprobs_and_entropy
 
     device = args.device
     model = build_model(args.shape, device, gradient_checkpointing=args.variant != "update-no-ckpt")
@@ -91,13 +91,13 @@ def run_variant(args):
     def one_pass():
         if args.variant == "logprobs-naive":
             with torch.autocast(**autocast):
-                logprobs = naive_response_logprobs(model, sequences, prompt_lengths)
-            logprobs.sum().backward()
+                logprobs, entropy = naive_response_logprobs_and_entropy(model, sequences, prompt_lengths)
+            (logprobs.sum() + 1e-3 * entropy.sum()).backward()
         elif args.variant == "logprobs-chunked":
             with torch.autocast(**autocast):
-                logprobs, _ = response_logprobs_and_entropy(model, sequences, prompt_lengths,
-                                                            chunk_tokens=args.chunk_tokens)
-            logprobs.sum().backward()
+                logprobs, entropy = response_logprobs_and_entropy(model, sequences, prompt_lengths,
+                                                                  chunk_tokens=args.chunk_tokens)
+            (logprobs.sum() + 1e-3 * entropy.sum()).backward()
         elif args.variant == "generate":
             with torch.no_grad(), torch.autocast(**autocast):
                 model.generate(torch.tensor([s[:prompt_length] for s in sequences], device=device),
@@ -137,7 +137,7 @@ def main():
     parser.add_argument("--seq-len", type=int, default=1024)
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--micro-batch", type=int, default=None, help="default: the whole batch")
-    parser.add_argument("--chunk-tokens", type=int, default=1024)
+    parser.add_argument("--chunk-tokens", type=int, default=512)
     parser.add_argument("--generate-tokens", type=int, default=128)
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--peak-tflops", type=float, default=989.0)

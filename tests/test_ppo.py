@@ -8,7 +8,7 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from ppo import (aggregate, compute_advantages, discounted_returns, dr_grpo_advantages, gae_advantages,
-                 grpo_advantages, kl_estimate, kl_k3, make_optimizer, naive_response_logprobs, ppo_clip_loss,
+                 grpo_advantages, kl_estimate, kl_k3, make_optimizer, naive_response_logprobs_and_entropy, ppo_clip_loss,
                  ppo_update, response_logprobs_and_entropy, rloo_advantages, token_level_rewards, value_loss, whiten)
 
 
@@ -274,9 +274,11 @@ def test_second_mini_batch_is_off_policy_first_is_not(policy):
 def test_naive_and_chunked_logprobs_agree(policy):
     batch = fixed_batch(policy)
     with torch.no_grad():
-        chunked, _ = response_logprobs_and_entropy(policy, batch["sequences"], batch["prompt_lengths"], chunk_tokens=4)
-        naive = naive_response_logprobs(policy, batch["sequences"], batch["prompt_lengths"])
+        chunked, chunked_entropy = response_logprobs_and_entropy(policy, batch["sequences"], batch["prompt_lengths"],
+                                                                 chunk_tokens=4)
+        naive, naive_entropy = naive_response_logprobs_and_entropy(policy, batch["sequences"], batch["prompt_lengths"])
     torch.testing.assert_close(chunked * batch["response_mask"], naive, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(chunked_entropy * batch["response_mask"], naive_entropy, atol=1e-5, rtol=1e-5)
 
 
 def test_adamw8bit_step_runs_on_cpu(policy):
