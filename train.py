@@ -115,6 +115,16 @@ class Config:
     # Evaluation, logging, the rest
     eval_every: int = flag(None, "evaluate on --eval-data every N steps (auto: 10 on GPU, 0 = start and end "
                                  "only on CPU)")
+    eval_benchmarks: str = flag("", "benchmarks evaluated with --eval-data at the same steps, logged as "
+                                    "eval/<name>/accuracy: comma list of gsm8k, math500, minerva_math, "
+                                    "olympiadbench, aime24, amc23, or all ('' for none)")
+    eval_data_dir: str = flag("", "directory holding <benchmark>/test.jsonl for --eval-benchmarks (the layout of "
+                                  "simpleRL-reason's examples/simplelr_math_eval/data)")
+    eval_limit: int = flag(0, "evaluate only the first N problems of each --eval-benchmarks set (0: all)")
+    reflection_keywords: str = flag("", "comma-separated words counted as reflection in reflection_rate ('' for "
+                                        "evaluate.REFLECTION_KEYWORDS: wait, recheck, rethink, try again, ...)")
+    report_to: str = flag("none", "also send metrics to tensorboard (OUTPUT_DIR/tensorboard), wandb, or both "
+                                  "('tensorboard,wandb'); needs that package installed")
     log_samples: int = flag(4, "responses per step written to samples.jsonl")
     seed: int = flag(0, "seed for prompt order, sampling and initialization")
 
@@ -159,6 +169,8 @@ def resolve_auto(config, on_gpu):
                  "from the other samples of the same prompt")
     if config.loss_agg == "auto":
         config.loss_agg = "seq-mean-token-sum-norm" if config.adv_estimator == "dr_grpo" else "token-mean"
+    if config.eval_benchmarks and not config.eval_data_dir:
+        sys.exit("--eval-benchmarks needs --eval-data-dir")
     if config.vllm_sleep and not on_gpu:
         print("note: --vllm-sleep has no effect without a GPU; ignored")
         config.vllm_sleep = False
@@ -234,7 +246,8 @@ def main(argv=None):
     from transformers import AutoTokenizer
 
     from data.problems import TEMPLATE_STOP_STRINGS, default_template, format_prompt, load_problems
-    from evaluate import evaluate_accuracy
+    from evaluate import (benchmark_metrics, dynamics_metrics, evaluate_accuracy, evaluate_benchmarks,
+                          load_benchmarks, make_reporters, parse_keywords)
     from ppo import compute_advantages, kl_estimate, make_optimizer, ppo_update, response_logprobs_and_entropy, \
         response_values
     from reward import grade_batch
@@ -256,8 +269,13 @@ def main(argv=None):
     too_long = sum(length > config.max_prompt_len for length in prompt_lengths)
     train_problems = [p for p, length in zip(train_problems, prompt_lengths) if length <= config.max_prompt_len]
     eval_problems = load_problems(config.eval_data) if config.eval_data else []
-    longest_prompt = max(prompt_lengths + [len(tokenizer(format_prompt(p["problem"], template))["input_ids"])
-                                           for p in eval_problems])
+    eval_benchmarks = (load_benchmarks(config.eval_benchmarks, config.eval_data_dir, config.eval_limit or None)
+                       if config.eval_benchmarks else {})
+    held_out = eval_problems + [p for problems in eval_benchmarks.values() for p in problems]
+    keywords = parse_keywords(config.reflection_keywords)
+    # Training prompts past --max-prompt-len were dropped above; held-out ones are all evaluated.
+    longest_prompt = max([length for length in prompt_lengths if length <= config.max_prompt_len]
+                         + [len(tokenizer(format_prompt(p["problem"], template))["input_ids"]) for p in held_out])
     print(f"{len(train_problems)} training problems ({too_long} skipped as longer than --max-prompt-len), "
           f"{len(eval_problems)} held-out; template {template}")
     if len(train_problems) < config.prompts_per_step:
@@ -280,7 +298,7 @@ def main(argv=None):
     use_vllm = config.rollout_engine == "vllm" or (config.rollout_engine == "auto" and vllm_available())
     if use_vllm:
         engine = VLLMEngine(config.model, dtype="bfloat16" if on_gpu else "float32", seed=config.seed,
-                            max_model_len=min(longest_prompt, config.max_prompt_len) + config.max_new_tokens,
+                            max_model_len=longest_prompt + config.max_new_tokens,
                             memory_utilization=config.vllm_memory_utilization, enable_sleep=config.vllm_sleep)
     else:
         if config.rollout_engine == "auto":
@@ -288,14 +306,26 @@ def main(argv=None):
         engine = HFEngine(policy, tokenizer)
 
     def evaluate(step):
-        summary, _ = evaluate_accuracy(engine, eval_problems, template, config.max_new_tokens)
-        tqdm.write(f"step {step}: held-out accuracy {summary['accuracy']:.3f} on {summary['n']} problems")
-        return {f"eval/{name}": value for name, value in summary.items()}
+        """Greedy accuracy on the held-out sets, on the colocated engine (no second copy of the model)."""
+        metrics = {}
+        if eval_problems:
+            summary, _ = evaluate_accuracy(engine, eval_problems, template, config.max_new_tokens, keywords=keywords)
+            metrics.update({f"eval/{name}": value for name, value in summary.items()})
+        if eval_benchmarks:  # one generate call over all sets
+            summaries, _ = evaluate_benchmarks(engine, eval_benchmarks, template, config.max_new_tokens,
+                                               keywords=keywords)
+            metrics.update(benchmark_metrics(summaries))  # eval/<name>/<key> and eval/average/accuracy
+        tqdm.write(f"step {step}: held-out " + ", ".join(f"{name} {value:.3f}" for name, value in metrics.items()
+                                                          if name.endswith("accuracy")))
+        return metrics
 
     metrics_file = open(output_dir / "metrics.jsonl", "w")
     samples_file = open(output_dir / "samples.jsonl", "w")
-    if eval_problems:
-        metrics_file.write(json.dumps({"step": 0, **evaluate(0)}) + "\n")
+    report = make_reporters(config.report_to, output_dir, dataclasses.asdict(config))
+    if held_out:
+        row = {"step": 0, **evaluate(0)}
+        metrics_file.write(json.dumps(row) + "\n")
+        report(row, 0)
 
     prompts = prompt_stream(train_problems, config.prompts_per_step, config.seed)
     progress = tqdm(range(1, config.max_steps + 1), desc="zero-rl", dynamic_ncols=True)
@@ -397,18 +427,22 @@ def main(argv=None):
             "reward_mean": float(rewards.mean()),
             "accuracy": sum(graded["correct"]) / len(samples),
             "format_rate": sum(p is not None for p in graded["pred"]) / len(samples),
-            "response_length_mean": float(response_lengths.float().mean()),
-            "truncated_rate": sum(s.finish_reason == "length" for s in samples) / len(samples),
+            "response_length_mean": sum(len(s.response_token_ids) for s in samples) / len(samples),
             "grade_timeouts": sum(graded["timeouts"]),  # comparisons killed at the grader's deadline
             "zero_signal_groups": float(zero_signal.float().mean()),  # dropped, with --drop-zero-signal-groups
             "lr": lr,
             **update_metrics,
             **timings,
         }
-        if eval_problems and (step == config.max_steps or (config.eval_every and step % config.eval_every == 0)):
+        # Training dynamics: reflection keywords, length of right and wrong answers, truncation
+        metrics.update(dynamics_metrics([s.response_text for s in samples], graded["correct"],
+                                        [s.finish_reason for s in samples], [len(s.response_token_ids) for s in samples],
+                                        keywords))
+        if held_out and (step == config.max_steps or (config.eval_every and step % config.eval_every == 0)):
             metrics.update(evaluate(step))
         metrics_file.write(json.dumps(metrics) + "\n")
         metrics_file.flush()
+        report(metrics, step)
         for sample, gold, prediction, reward in list(zip(samples, golds, graded["pred"], graded["reward"]))[
                 :config.log_samples]:
             samples_file.write(json.dumps({"step": step, "prompt": format_prompt(problems[sample.prompt_index]["problem"],
@@ -424,6 +458,7 @@ def main(argv=None):
     tokenizer.save_pretrained(output_dir / "final")
     metrics_file.close()
     samples_file.close()
+    report.close()
     print(f"saved {output_dir / 'final'}")
 
 

@@ -61,3 +61,23 @@ def test_contradictory_flags_stop_before_loading_a_model(tiny_data, tmp_path):
                "--prompts-per-step", "6", "--mini-batch-prompts", "4", "--output-dir", str(tmp_path)]
     result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
     assert result.returncode != 0 and "not a multiple of" in result.stderr
+
+
+def test_benchmarks_and_dynamics_are_logged_during_training(tiny_model_dir, tiny_data, tmp_path):
+    from conftest import shared_data
+
+    data_dir = shared_data("eval")
+    output_dir = tmp_path / "run"
+    command = [sys.executable, "train.py", "--model", str(tiny_model_dir), "--train-data", str(tiny_data / "train.jsonl"),
+               "--eval-data", "", "--eval-benchmarks", "gsm8k,amc23", "--eval-data-dir", str(data_dir),
+               "--eval-limit", "2", "--reflection-keywords", "wait,the", "--output-dir", str(output_dir),
+               "--rollout-engine", "hf", "--max-steps", "2", "--eval-every", "1", "--prompts-per-step", "4",
+               "--samples-per-prompt", "2", "--max-new-tokens", "6"]
+    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-4000:]
+    rows = [json.loads(line) for line in open(output_dir / "metrics.jsonl")]
+    assert [row["step"] for row in rows] == [0, 1, 2]
+    for row in rows:
+        assert row["eval/gsm8k/n"] == 2 and row["eval/amc23/n"] == 2 and "eval/average/accuracy" in row
+    for row in rows[1:]:
+        assert 0.0 <= row["reflection_rate"] <= 1.0 and "truncated_rate" in row
