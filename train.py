@@ -3,7 +3,8 @@
     python train.py --model Qwen/Qwen2.5-0.5B                 # a GPU box: the SimpleRL-Zoo recipe
     python train.py --model toy/model --train-data toy/train.jsonl --eval-data toy/test.jsonl   # a CPU
 
-One step of the loop (DeepSeek-R1-Zero; SimpleRL-Zoo, Zeng et al. 2025):
+Optionally first a supervised warm-up on worked answers (--sft-data, --sft-steps: SimpleRL's setting;
+without it, SimpleRL-Zero's). Then one step of the loop (DeepSeek-R1-Zero; SimpleRL-Zoo, Zeng et al. 2025):
   1. take prompts_per_step problems and format them with the prompt template,
   2. sample samples_per_prompt responses to each with the colocated vLLM engine,
   3. reward each response by checking its last \\boxed{} answer against the gold answer,
@@ -52,6 +53,13 @@ class Config:
     min_level: int = flag(None, "keep only problems of at least this difficulty level (where rows have one)")
     max_level: int = flag(None, "keep only problems of at most this difficulty level")
     max_prompt_len: int = flag(1024, "prompts longer than this many tokens are skipped (and counted)")
+
+    # Supervised warm-up before RL (SimpleRL's setting; SimpleRL-Zero skips it)
+    sft_data: str = flag("", "(prompt, worked answer) pairs for a supervised warm-up before RL: .jsonl/.parquet "
+                             "rows with a problem and a response field (see sft.py)")
+    sft_steps: int = flag(0, "supervised warm-up steps before RL (0: none, zero RL)")
+    sft_lr: float = flag(None, "warm-up learning rate (auto: 1e-5 on GPU, 1e-3 for the CPU toy)")
+    sft_batch_size: int = flag(None, "warm-up sequences per step (auto: 32 on GPU, 64 on CPU)")
 
     # Rollout
     max_steps: int = flag(100, "training steps")
@@ -131,9 +139,11 @@ class Config:
 
 # SimpleRL-Zoo's settings (verl; paper section 3) and a CPU-sized toy recipe, for the "auto" fields.
 GPU_DEFAULTS = dict(prompts_per_step=1024, max_new_tokens=8192, vllm_memory_utilization=0.5,
-                    lr=1e-6, critic_lr=1e-5, mini_batch_prompts=256, micro_batch_size=8, eval_every=10)
+                    lr=1e-6, critic_lr=1e-5, mini_batch_prompts=256, micro_batch_size=8, eval_every=10,
+                    sft_lr=1e-5, sft_batch_size=32)
 CPU_DEFAULTS = dict(prompts_per_step=32, max_new_tokens=32, vllm_memory_utilization=0.15,
-                    lr=1e-4, critic_lr=1e-3, mini_batch_prompts=None, micro_batch_size=64, eval_every=0)
+                    lr=1e-4, critic_lr=1e-3, mini_batch_prompts=None, micro_batch_size=64, eval_every=0,
+                    sft_lr=1e-3, sft_batch_size=64)
 
 
 def parse_config(argv=None):
@@ -169,6 +179,8 @@ def resolve_auto(config, on_gpu):
                  "from the other samples of the same prompt")
     if config.loss_agg == "auto":
         config.loss_agg = "seq-mean-token-sum-norm" if config.adv_estimator == "dr_grpo" else "token-mean"
+    if config.sft_steps > 0 and not config.sft_data:
+        sys.exit("--sft-steps needs --sft-data")
     if config.eval_benchmarks and not config.eval_data_dir:
         sys.exit("--eval-benchmarks needs --eval-data-dir")
     if config.vllm_sleep and not on_gpu:
@@ -252,6 +264,7 @@ def main(argv=None):
         response_values
     from reward import grade_batch
     from rollout import HFEngine, VLLMEngine, vllm_available
+    from sft import load_sft_pairs, train_supervised
 
     output_dir = Path(config.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
@@ -285,19 +298,29 @@ def main(argv=None):
     #### Models: the policy (trained), the reference (frozen, for the KL loss), the rollout engine
     policy = load_model(config.model, device, config.gradient_checkpointing)
     policy.train()
+    start_model = config.model
+    if config.sft_steps > 0:
+        # SimpleRL: supervised warm-up first; the RL stage then starts from, and stays close to, its result.
+        pairs, counts = load_sft_pairs(config.sft_data, template, tokenizer)
+        print(f"supervised warm-up on {config.sft_data}: {json.dumps(counts)}")
+        train_supervised(policy, tokenizer, pairs, steps=config.sft_steps, batch_size=config.sft_batch_size,
+                         lr=config.sft_lr, optim=config.optim, seed=config.seed, autocast_dtype=autocast_dtype)
+        start_model = str(output_dir / "sft")
+        policy.save_pretrained(start_model)
+        tokenizer.save_pretrained(start_model)
     reference = None
     if config.kl_coef > 0:
-        reference = load_model(config.model, device).eval().requires_grad_(False)
+        reference = load_model(start_model, device).eval().requires_grad_(False)
     optimizer, scheduler = make_optimizer(policy, config.optim, config.lr, config.weight_decay,
                                           config.lr_warmup_steps)
     critic = critic_optimizer = None
     if config.adv_estimator == "gae":
-        critic = load_critic(config.model, device, config.gradient_checkpointing).train()
+        critic = load_critic(start_model, device, config.gradient_checkpointing).train()
         critic_optimizer, _ = make_optimizer(critic, config.optim, config.critic_lr, config.weight_decay, 0)
 
     use_vllm = config.rollout_engine == "vllm" or (config.rollout_engine == "auto" and vllm_available())
     if use_vllm:
-        engine = VLLMEngine(config.model, dtype="bfloat16" if on_gpu else "float32", seed=config.seed,
+        engine = VLLMEngine(start_model, dtype="bfloat16" if on_gpu else "float32", seed=config.seed,
                             max_model_len=longest_prompt + config.max_new_tokens,
                             memory_utilization=config.vllm_memory_utilization, enable_sleep=config.vllm_sleep)
     else:

@@ -137,12 +137,13 @@ def _level_of(row):
     return level if isinstance(level, int) else None
 
 
-def load_problems(source, min_level=None, max_level=None, limit=None):
+def load_problems(source, min_level=None, max_level=None, limit=None, require_answer=True, keep_fields=()):
     """A list of {"problem", "answer", "level"} dicts from `source`, optionally kept to a difficulty band.
 
     A row without a problem or an answer field is malformed: it stops with an error that names the
     file and line. A row whose answer field is present but empty (SimpleRL-Zoo's level 3-5 set has two)
-    cannot be graded: it is skipped, and the skips are reported.
+    cannot be graded: it is skipped, and the skips are reported. With require_answer=False (supervised
+    data) a row without an answer is kept with answer None. keep_fields are copied from the row as they are.
     """
     problems, empty_answers = [], []
     for where, row in _read_rows(str(source)):
@@ -151,17 +152,20 @@ def load_problems(source, min_level=None, max_level=None, limit=None):
         problem, answer = _problem_of(row), _answer_of(row)
         if not problem:
             raise ValueError(f"{where}: no problem text (looked for problem, question, input, prompt)")
-        if answer is None:
+        if answer is None and require_answer:
             raise ValueError(f"{where}: no gold answer (looked for answer, reward_model.ground_truth, "
                              "final_answer, the last \\boxed{} of solution)")
-        if not str(answer).strip():
-            empty_answers.append(where)
-            continue
+        if answer is not None and not str(answer).strip():
+            if require_answer:
+                empty_answers.append(where)
+                continue
+            answer = None
         level = _level_of(row)
         if level is not None and ((min_level is not None and level < min_level)
                                   or (max_level is not None and level > max_level)):
             continue
-        problems.append({"problem": problem, "answer": str(answer).strip(), "level": level})
+        problems.append({"problem": problem, "answer": None if answer is None else str(answer).strip(), "level": level,
+                         **{name: row[name] for name in keep_fields if name in row}})
         if limit is not None and len(problems) >= limit:
             break
     if empty_answers:

