@@ -72,6 +72,7 @@ def main():
     def warm_run(num_workers):
         """A fresh pool (so no cached results from earlier runs), started before the clock starts."""
         reward.close_workers()
+        reward._latex_to_sympy.cache_clear()  # nor parses cached in this process by the earlier runs
         warm_up = [(f"\\boxed{{{k}\\sqrt{{2}}}}", f"\\sqrt{{{2 * k * k}}}") for k in range(2, 2 + num_workers)]
         reward.grade_batch(*zip(*warm_up), num_workers=num_workers)  # distinct pairs, one per worker
         return timed(reward.grade_batch, responses, golds, "correct", num_workers=num_workers)[1]
