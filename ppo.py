@@ -39,11 +39,14 @@ def _response_positions(sequences, prompt_lengths, pad_token_id, device):
 
 def _chunk_logprob_and_entropy(hidden, targets, lm_head, temperature):
     """hidden [N, H], targets [N] -> log p(target) [N] and entropy [N] of softmax(logits / temperature)."""
+    # The projection runs under autocast (bf16 on a GPU, as verl); everything after it in float32, with
+    # autocast off: einsum would otherwise be cast back to bf16 and ruin small entropies.
     logits = lm_head(hidden).float() / temperature  # [N, vocab]
-    log_normalizer = torch.logsumexp(logits, dim=-1)  # [N]
-    logprob = logits.gather(-1, targets[:, None]).squeeze(-1) - log_normalizer
-    probs = torch.softmax(logits, dim=-1)
-    entropy = log_normalizer - torch.einsum("nv,nv->n", probs, logits)  # H = logsumexp(z) - sum_v p_v z_v
+    with torch.autocast(logits.device.type, enabled=False):
+        log_normalizer = torch.logsumexp(logits, dim=-1)  # [N]
+        logprob = logits.gather(-1, targets[:, None]).squeeze(-1) - log_normalizer
+        probs = torch.softmax(logits, dim=-1)
+        entropy = log_normalizer - torch.einsum("nv,nv->n", probs, logits)  # H = logsumexp(z) - sum_v p_v z_v
     return logprob, entropy
 
 
@@ -75,6 +78,8 @@ def response_logprobs_and_entropy(model, sequences, prompt_lengths, temperature=
         logprob_chunks.append(logprob)
         entropy_chunks.append(entropy)
 
+    if not logprob_chunks:  # only empty responses
+        return torch.zeros(response_mask.shape, device=device), torch.zeros(response_mask.shape, device=device)
     logprobs = torch.zeros(response_mask.shape, device=device).masked_scatter(response_mask, torch.cat(logprob_chunks))
     entropy = torch.zeros(response_mask.shape, device=device).masked_scatter(response_mask, torch.cat(entropy_chunks))
     return logprobs, entropy

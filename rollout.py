@@ -63,9 +63,13 @@ class VLLMEngine:
     def generate(self, prompts, samples_per_prompt, temperature, top_p, max_new_tokens, stop):
         from vllm import SamplingParams
 
+        # vLLM matches stop strings in the text decoded without special tokens, so a stop string that is
+        # a special token (Qwen's <|im_end|>) would never match: stop on its token id instead.
+        vocabulary = self.llm.get_tokenizer().get_vocab()
         params = SamplingParams(
             n=samples_per_prompt, temperature=temperature, top_p=top_p, max_tokens=max_new_tokens,
-            stop=stop or None, logprobs=0,  # logprobs=0: only the sampled token's log-prob
+            stop=stop or None, stop_token_ids=[vocabulary[s] for s in stop or () if s in vocabulary] or None,
+            logprobs=0,  # logprobs=0: only the sampled token's log-prob
         )
         outputs = self.llm.generate(prompts, params, use_tqdm=False)
         samples = []
@@ -119,7 +123,7 @@ class HFEngine:
         was_training = model.training
         model.eval()
         tokenizer.padding_side = "left"
-        batch = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False).to(model.device)
+        batch = tokenizer(prompts, return_tensors="pt", padding=True).to(model.device)  # BOS as vLLM adds it
         greedy = temperature == 0
         output = model.generate(
             **batch, do_sample=not greedy, temperature=None if greedy else temperature,
@@ -151,15 +155,17 @@ class HFEngine:
         return samples
 
     def _trim(self, token_ids, max_new_tokens, stop):
-        """Cut the padding generate appends after a finished sequence; say why it finished."""
+        """Cut the padding generate appends after a finished sequence; say why it finished. (When the pad
+        token is the end-of-text token, as in Qwen's tokenizers, the first pad looks like an end-of-text:
+        a stop string before it must win, or the response would end in a token never sampled.)"""
         eos = self.tokenizer.eos_token_id
-        if eos in token_ids:
-            return token_ids[:token_ids.index(eos) + 1], "stop"
-        token_ids = [t for t in token_ids if t != self.tokenizer.pad_token_id]
-        for end in range(1, len(token_ids) + 1) if stop else ():
-            text = self.tokenizer.decode(token_ids[:end])
-            if any(s in text for s in stop):
-                return token_ids[:end], "stop"
+        end = token_ids.index(eos) + 1 if eos in token_ids else len(token_ids)
+        if stop and any(s in self.tokenizer.decode(token_ids[:end]) for s in stop):
+            for length in range(1, end + 1):  # the shortest prefix that contains a stop string
+                if any(s in self.tokenizer.decode(token_ids[:length]) for s in stop):
+                    return token_ids[:length], "stop"
+        if end < len(token_ids) or (end and token_ids[end - 1] == eos):
+            return token_ids[:end], "stop"
         return token_ids, "length" if len(token_ids) >= max_new_tokens else "stop"
 
     def sync_weights(self, model):

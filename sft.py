@@ -43,11 +43,12 @@ def load_sft_pairs(source, template, tokenizer, check_answers=True):
         raise ValueError(f"{source}: no row has a response field ({', '.join(RESPONSE_FIELDS)})")
     responses = [next(row[f] for f in RESPONSE_FIELDS if isinstance(row.get(f), str) and row[f].strip())
                  for row in rows_with_response]
-    checked = [i for i, row in enumerate(rows_with_response) if row["answer"] is not None]
+    checked = {i for i, row in enumerate(rows_with_response) if row["answer"] is not None}
     correct = set(checked)
     if check_answers and checked:
-        graded = grade_batch([responses[i] for i in checked], [rows_with_response[i]["answer"] for i in checked])
-        correct = {i for i, ok in zip(checked, graded["correct"]) if ok}
+        order = sorted(checked)
+        graded = grade_batch([responses[i] for i in order], [rows_with_response[i]["answer"] for i in order])
+        correct = {i for i, ok in zip(order, graded["correct"]) if ok}
 
     pairs = []
     for index, (row, response) in enumerate(zip(rows_with_response, responses)):
@@ -57,7 +58,7 @@ def load_sft_pairs(source, template, tokenizer, check_answers=True):
         response_ids = tokenizer(response, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
         pairs.append({"prompt_ids": prompt_ids, "response_ids": response_ids})
     counts = {"rows": len(rows), "without_response": len(rows) - len(rows_with_response),
-              "checked": len(checked), "dropped_wrong_answer": len(checked) - len(correct & set(checked)),
+              "checked": len(checked), "dropped_wrong_answer": len(checked - correct),
               "kept": len(pairs)}
     return pairs, counts
 

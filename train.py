@@ -259,7 +259,7 @@ def main(argv=None):
 
     from data.problems import TEMPLATE_STOP_STRINGS, default_template, format_prompt, load_problems
     from evaluate import (benchmark_metrics, dynamics_metrics, evaluate_accuracy, evaluate_benchmarks,
-                          load_benchmarks, make_reporters, parse_keywords)
+                          load_benchmarks, make_reporters, model_context_length, parse_keywords)
     from ppo import compute_advantages, kl_estimate, make_optimizer, ppo_update, response_logprobs_and_entropy, \
         response_values
     from reward import grade_batch
@@ -277,8 +277,8 @@ def main(argv=None):
     template = config.template or default_template(tokenizer)
     stop = TEMPLATE_STOP_STRINGS[template]
     train_problems = load_problems(config.train_data, config.min_level, config.max_level)
-    prompt_lengths = [len(ids) for ids in tokenizer([format_prompt(p["problem"], template) for p in train_problems],
-                                                    add_special_tokens=False)["input_ids"]]
+    prompt_lengths = [len(ids) for ids in tokenizer([format_prompt(p["problem"], template)
+                                                     for p in train_problems])["input_ids"]]
     too_long = sum(length > config.max_prompt_len for length in prompt_lengths)
     train_problems = [p for p, length in zip(train_problems, prompt_lengths) if length <= config.max_prompt_len]
     eval_problems = load_problems(config.eval_data) if config.eval_data else []
@@ -319,9 +319,11 @@ def main(argv=None):
         critic_optimizer, _ = make_optimizer(critic, config.optim, config.critic_lr, config.weight_decay, 0)
 
     use_vllm = config.rollout_engine == "vllm" or (config.rollout_engine == "auto" and vllm_available())
+    # A response that would run past the model's context stops there (counted as truncated).
+    context_length = model_context_length(start_model) or longest_prompt + config.max_new_tokens
     if use_vllm:
         engine = VLLMEngine(start_model, dtype="bfloat16" if on_gpu else "float32", seed=config.seed,
-                            max_model_len=longest_prompt + config.max_new_tokens,
+                            max_model_len=min(longest_prompt + config.max_new_tokens, context_length),
                             memory_utilization=config.vllm_memory_utilization, enable_sleep=config.vllm_sleep)
     else:
         if config.rollout_engine == "auto":
@@ -331,12 +333,14 @@ def main(argv=None):
     def evaluate(step):
         """Greedy accuracy on the held-out sets, on the colocated engine (no second copy of the model)."""
         metrics = {}
+        batch_size = None if use_vllm else 16  # transformers generate: bounded batches, or out of memory
         if eval_problems:
-            summary, _ = evaluate_accuracy(engine, eval_problems, template, config.max_new_tokens, keywords=keywords)
+            summary, _ = evaluate_accuracy(engine, eval_problems, template, config.max_new_tokens, keywords=keywords,
+                                           batch_size=batch_size)
             metrics.update({f"eval/{name}": value for name, value in summary.items()})
         if eval_benchmarks:  # one generate call over all sets
             summaries, _ = evaluate_benchmarks(engine, eval_benchmarks, template, config.max_new_tokens,
-                                               keywords=keywords)
+                                               keywords=keywords, batch_size=batch_size)
             metrics.update(benchmark_metrics(summaries))  # eval/<name>/<key> and eval/average/accuracy
         tqdm.write(f"step {step}: held-out " + ", ".join(f"{name} {value:.3f}" for name, value in metrics.items()
                                                           if name.endswith("accuracy")))
@@ -376,6 +380,7 @@ def main(argv=None):
         #### 4. Groups with no signal: every sample of the prompt got the same reward
         samples_per_prompt = config.samples_per_prompt
         zero_signal = (rewards.view(-1, samples_per_prompt) == rewards.view(-1, samples_per_prompt)[:, :1]).all(1)
+        zero_signal &= samples_per_prompt > 1  # a group of one has no baseline to compare against
         train_samples, train_rewards = samples, rewards
         if config.drop_zero_signal_groups:
             keep = (~zero_signal).repeat_interleave(samples_per_prompt)  # [B]
@@ -393,6 +398,7 @@ def main(argv=None):
         logprobs_of = lambda model: (lambda seqs, lens: response_logprobs_and_entropy(  # noqa: E731
             model, seqs, lens, temperature=config.temperature, pad_token_id=tokenizer.pad_token_id)[0])
         update_metrics = {}
+        lr = optimizer.param_groups[0]["lr"]
         if train_samples:
             old_logprobs = batched_forward(logprobs_of(policy), sequences, prompt_token_counts, **forward_args)
             ref_logprobs = (batched_forward(logprobs_of(reference), sequences, prompt_token_counts, **forward_args)
@@ -434,8 +440,7 @@ def main(argv=None):
                 pad_token_id=tokenizer.pad_token_id, seed=config.seed + step, max_response_length=config.max_new_tokens,
                 tis_cap=config.tis_cap, critic=critic, critic_optimizer=critic_optimizer, value_clip=config.value_clip,
                 autocast_dtype=autocast_dtype))
-        lr = scheduler.get_last_lr()[0]
-        scheduler.step()
+            scheduler.step()  # the schedule counts updates, not rollouts
         timings["time/update"] = time.perf_counter() - start
 
         #### 8. Weight sync: the next rollout must sample from the updated policy

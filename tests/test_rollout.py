@@ -38,8 +38,7 @@ def check_structure(samples, tokenizer):
     for index, sample in enumerate(samples):
         assert isinstance(sample, Sample)
         assert sample.prompt_index == index // SAMPLES_PER_PROMPT  # grouped by prompt
-        assert sample.prompt_token_ids == tokenizer(PROMPTS[sample.prompt_index],
-                                                    add_special_tokens=False)["input_ids"]
+        assert sample.prompt_token_ids == tokenizer(PROMPTS[sample.prompt_index])["input_ids"]
         assert 1 <= len(sample.response_token_ids) <= MAX_NEW_TOKENS
         assert len(sample.response_logprobs) == len(sample.response_token_ids)
         assert all(isinstance(x, float) and x <= 0 for x in sample.response_logprobs)
@@ -92,3 +91,18 @@ def test_hf_fallback_returns_the_same_structure(tiny_model_dir):
                               max_new_tokens=MAX_NEW_TOKENS, stop=[])
     check_structure(samples, tokenizer)
     assert max_logprob_gap(policy, samples, 1.0) < 1e-4
+
+
+def test_hf_trim_when_the_pad_token_is_the_end_of_text_token(tiny_model_dir):
+    """Qwen's tokenizers pad with <|endoftext|>: a sequence that stopped on a stop string is followed by
+    pads that look like an end-of-text token, which must not become part of the response."""
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    tokenizer.pad_token = tokenizer.eos_token
+    engine = HFEngine(model=None, tokenizer=tokenizer)
+    eos = tokenizer.eos_token_id
+    text_ids = tokenizer("12+3=15.\nQuestion: more")["input_ids"]
+    ids, reason = engine._trim(text_ids + [eos, eos], max_new_tokens=64, stop=["\nQuestion:"])
+    assert reason == "stop" and eos not in ids and tokenizer.decode(ids).endswith("\nQuestion:")
+    answer_ids = tokenizer("\\boxed{15}")["input_ids"]
+    assert engine._trim(answer_ids + [eos, eos, eos], 64, ["\nQuestion:"]) == (answer_ids + [eos], "stop")
+    assert engine._trim(answer_ids, len(answer_ids), ["\nQuestion:"]) == (answer_ids, "length")
