@@ -7,6 +7,7 @@ marks the real (non-padding) response tokens. Sequence-level quantities are [B],
 samples_per_prompt responses to one prompt are contiguous (a "group").
 """
 
+import math
 import random
 
 import torch
@@ -291,6 +292,7 @@ def ppo_update(model, optimizer, batch, *, mini_batch_size, micro_batch_size, pp
 
     tis_cap: truncated importance sampling (Yao et al. 2025): the engine samples from slightly different
     numerics than the trainer's; weighting each token by min(pi_old / pi_engine, cap) corrects for it.
+    An optimizer step whose gradient norm is not finite is skipped (skipped_update_frac counts them).
     Returns a dict of metrics averaged over the optimizer steps.
     """
     device = next(model.parameters()).device
@@ -347,13 +349,18 @@ def ppo_update(model, optimizer, batch, *, mini_batch_size, micro_batch_size, pp
             step_metrics = {name: (value if name == "ratio_max" else value / normalizers["mini_batch_tokens"])
                             for name, value in sums.items()}
             step_metrics["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(model.parameters(), max_grad_norm))
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
             if critic is not None:
                 step_metrics["critic_grad_norm"] = float(torch.nn.utils.clip_grad_norm_(critic.parameters(),
                                                                                         max_grad_norm))
-                critic_optimizer.step()
-                critic_optimizer.zero_grad(set_to_none=True)
+            # A non-finite loss or gradient would poison the weights and Adam's moments for good: skip the
+            # optimizer step instead (train.py stops the run after several such steps in a row).
+            finite = all(math.isfinite(step_metrics[name]) for name in ("grad_norm", "critic_grad_norm")
+                         if name in step_metrics)
+            step_metrics["skipped_update_frac"] = 0.0 if finite else 1.0
+            for step_optimizer in (optimizer, critic_optimizer) if critic is not None else (optimizer,):
+                if finite:
+                    step_optimizer.step()
+                step_optimizer.zero_grad(set_to_none=True)
             for name, value in step_metrics.items():
                 history.setdefault(name, []).append(value)
     return {name: sum(values) / len(values) for name, values in history.items()}

@@ -119,6 +119,8 @@ class Config:
     entropy_coef: float = flag(1e-3, "weight of the entropy bonus")
     max_grad_norm: float = flag(1.0, "gradient clipping threshold")
     gradient_checkpointing: bool = flag(True, "recompute activations in the backward pass to save memory")
+    max_bad_steps: int = flag(3, "stop after this many steps in a row whose every update was skipped for a "
+                                 "non-finite loss or gradient")
 
     # Evaluation, logging, the rest
     eval_every: int = flag(None, "evaluate on --eval-data every N steps (auto: 10 on GPU, 0 = start and end "
@@ -355,6 +357,7 @@ def main(argv=None):
         report(row, 0)
 
     prompts = prompt_stream(train_problems, config.prompts_per_step, config.seed)
+    bad_steps_in_a_row = 0
     progress = tqdm(range(1, config.max_steps + 1), desc="zero-rl", dynamic_ncols=True)
     for step in progress:
         timings = {}
@@ -441,6 +444,7 @@ def main(argv=None):
                 tis_cap=config.tis_cap, critic=critic, critic_optimizer=critic_optimizer, value_clip=config.value_clip,
                 autocast_dtype=autocast_dtype))
             scheduler.step()  # the schedule counts updates, not rollouts
+            bad_steps_in_a_row = bad_steps_in_a_row + 1 if update_metrics["skipped_update_frac"] == 1.0 else 0
         timings["time/update"] = time.perf_counter() - start
 
         #### 8. Weight sync: the next rollout must sample from the updated policy
@@ -471,6 +475,9 @@ def main(argv=None):
         metrics_file.write(json.dumps(metrics) + "\n")
         metrics_file.flush()
         report(metrics, step)
+        if bad_steps_in_a_row >= config.max_bad_steps:
+            sys.exit(f"step {step}: {bad_steps_in_a_row} steps in a row had a non-finite loss or gradient and no "
+                     f"update; stopping (see {output_dir / 'metrics.jsonl'}; a lower --lr often helps)")
         for sample, gold, prediction, reward in list(zip(samples, golds, graded["pred"], graded["reward"]))[
                 :config.log_samples]:
             samples_file.write(json.dumps({"step": step, "prompt": format_prompt(problems[sample.prompt_index]["problem"],

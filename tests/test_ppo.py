@@ -288,3 +288,24 @@ def test_adamw8bit_step_runs_on_cpu(policy):
     before = surrogate_loss(policy, batch)
     ppo_update(policy, optimizer, batch, mini_batch_size=8, micro_batch_size=8, **UPDATE_ARGS)
     assert surrogate_loss(policy, batch) < before
+
+
+def test_a_non_finite_gradient_skips_the_optimizer_step(policy):
+    batch = fixed_batch(policy)
+    batch["advantages"] = batch["advantages"].clone()
+    batch["advantages"][0, 0] = float("nan")
+    before = copy.deepcopy(policy.state_dict())
+    optimizer, _ = make_optimizer(policy, "adamw", lr=1e-3, weight_decay=0.0, warmup_steps=0)
+    metrics = ppo_update(policy, optimizer, batch, mini_batch_size=4, micro_batch_size=4, **UPDATE_ARGS)
+    # Two mini-batches: the one holding the NaN is skipped, the other one updates.
+    assert metrics["skipped_update_frac"] == 0.5
+    assert all(torch.isfinite(value).all() for value in policy.state_dict().values())
+    assert any(not torch.equal(value, before[name]) for name, value in policy.state_dict().items())
+
+    batch["advantages"][:] = float("nan")
+    model = copy.deepcopy(policy)
+    optimizer, _ = make_optimizer(model, "adamw", lr=1e-3, weight_decay=0.0, warmup_steps=0)
+    state = copy.deepcopy(model.state_dict())
+    assert ppo_update(model, optimizer, batch, mini_batch_size=8, micro_batch_size=8, **UPDATE_ARGS)[
+        "skipped_update_frac"] == 1.0
+    assert all(torch.equal(value, state[name]) for name, value in model.state_dict().items())
