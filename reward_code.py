@@ -1,0 +1,611 @@
+"""The code reward: run the model's Python program against the problem's tests, in a sandbox.
+
+    python reward_code.py --status                    # which isolation layers work on this machine
+
+The reward for a code problem is 1.0 when the program extracted from the response passes every test,
+else 0.0 (with partial_credit=True: the fraction of tests passed). Training runs programs written by a
+policy that is being optimized to get reward, so the grader must assume that any program may try to
+cheat or to do damage, and that it will eventually find whatever the grader lets it get away with.
+
+Extraction
+  - The program is the content of the LAST fenced block marked ```python, ```python3, ```py or bare
+    ```. Blocks marked as another language (```cpp, ```text) are skipped. A block whose closing fence
+    is missing (a response cut off at the length limit) does not count. No block: reward 0, pred None.
+
+Test specs (JSON-serializable dicts; data/problems.py builds them from the datasets)
+  {"kind": "assert", "setup": str, "asserts": [str, ...]}              MBPP
+      Run the program, then `setup`, then each assert. Each assert is one test.
+  {"kind": "function_check", "prefix": str, "check": str, "entry_point": str}   HumanEval
+      Run `prefix` (the prompt: signature and docstring) followed by the program, then `check` (the
+      test code, which defines check(candidate)), then check(entry_point). One test. The prompt is
+      prepended even when the program defines entry_point itself (it then simply redefines it), because
+      some HumanEval tests call helpers that only the prompt defines (HumanEval/38's encode_cyclic).
+  {"kind": "stdio", "cases": [{"input": str, "output": str}, ...], "time_limit_s": float (optional)}
+      Run the program once per case with `input` on stdin. The case passes when the program exits
+      with status 0 and its stdout equals `output` after the usual competitive-programming whitespace
+      rule: trailing whitespace of every line and trailing blank lines are ignored ("\\r\\n" is "\\n");
+      everything else (leading spaces, blank lines inside, the numbers' spelling) must match.
+A failed test stops the run early unless partial_credit is on (the reward is 0 anyway).
+
+How one program runs (as root on Linux, the normal case in a container; each layer is tested in
+tests/test_code_reward.py)
+  1. A fresh temporary directory holds only solution.py (the program). Expected outputs and asserts are
+     never written to disk: stdio outputs stay in this (the grader's) process, and the asserts reach the
+     harness through its stdin.
+  2. The command is `unshare -n -p -f --kill-child -m --mount-proc python -I -c HARNESS`, started in its
+     own session (so its own process group): a new network namespace (only a loopback device, which is
+     down: no network at all), a new PID namespace (the program sees only its own processes, cannot
+     signal anything outside, and when its first process dies the kernel kills every process it
+     started, even ones that left the process group), and a private /proc. The environment is not
+     inherited (no API keys): PATH, HOME=TMPDIR=the sandbox directory, LANG, one BLAS thread.
+  3. The harness (HARNESS below, our code) sets the resource limits: CPU seconds, address space
+     (memory), file size, open files, processes, no core files; then drops from root to an
+     unprivileged uid of its own (SANDBOX_UID_BASE + a slot number, one uid per program running at the
+     same time, so that RLIMIT_NPROC, which counts all processes of a uid, is not shared between
+     programs). As that uid the program can write only its sandbox directory and world-writable places
+     (/tmp, /dev/shm), cannot touch the grader's files, and cannot signal or inspect (ptrace) the grader.
+  4. Only then does it run the program: for stdio, as __main__ with the case on stdin; for asserts, the
+     program (with __name__ "__solution__", so an `if __name__ == "__main__":` block does not run),
+     then the setup, then each assert under its own timer (timeout_s, SIGALRM).
+  5. This process reads stdout and stderr with a cap (output_bytes; the whole process group is killed
+     on overflow), enforces the wall-clock limit (killpg SIGKILL), and always kills the process group
+     at the end; then it removes the directory.
+  6. Success cannot be faked by exiting early: in assert mode the harness reports its result on a
+     separate pipe (not stdout) only after all tests ran, as one JSON record that must carry a random
+     token the grader made for this run. sys.exit(0), os._exit(0), a crash or a kill before that
+     record means no test passed. SystemExit raised inside an assert is a failed assert. (In stdio mode
+     there is nothing to fake: the grader compares the output itself.)
+
+What is NOT isolated (know these before training on untrusted programs)
+  - The asserts and the harness run in the program's own interpreter (as in human-eval and every
+    in-process assert grader): a program that deliberately inspects the harness's memory (frames, gc)
+    can find the asserts and the token and forge the result record, or return objects whose __eq__ is
+    always True. The pipe and token stop accidents and the cheap hacks (exiting early, printing
+    "passed"), not a program written to attack this harness. Read samples of high-reward responses.
+  - Files readable by everyone stay readable (the sandbox uid can read world-readable files, say a
+    dataset with the reference solutions): keep such files in a directory that is not world-readable.
+    World-writable directories (/tmp, /dev/shm) are writable by the sandbox uid and files left there
+    are not cleaned up (RLIMIT_FSIZE caps each file's size, not their number).
+  - CPU and memory are limited per process, not per sandbox: max_processes processes may each use
+    memory_mb; the wall-clock limit bounds how long any of it lasts.
+  - Python's own modules are the interpreter's: a program can import anything installed.
+As a normal (non-root) user: no uid can be dropped to. The command becomes `unshare -r -n -p -f ...`
+(an unprivileged user namespace) where the kernel allows it: network, PID and /proc isolation stay,
+but the program runs with YOUR file permissions (it can delete your files) and RLIMIT_NPROC counts
+all your processes (it is set to your current count plus max_processes). The Python guard (python_guard,
+on by default: os.kill, os.system, os.fork, subprocess, shutil.rmtree, and removing or renaming files
+outside the sandbox directory raise PermissionError) is then the only, weak (ctypes bypasses it),
+defence of your files. Without user namespaces (or without the unshare command) nothing isolates the
+network or the processes: a warning says so once on stderr and sandbox_status() reports it. Run as
+root in a container (or in a VM) for real isolation.
+
+The grader's parallelism is a thread pool (num_workers, default os.cpu_count()): each thread launches
+child processes and waits for them, so the work happens in the children.
+"""
+
+import argparse
+import functools
+import json
+import math
+import os
+import re
+import secrets
+import selectors
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+#### Limits and settings (every one is a keyword argument of grade_code_batch)
+
+DEFAULT_TIMEOUT_S = 5.0  # wall-clock seconds per test (one stdio case, or one assert); CPU time likewise
+DEFAULT_MEMORY_MB = 1024  # RLIMIT_AS: address space of each process
+DEFAULT_OUTPUT_BYTES = 1 << 20  # stdout and stderr together; more kills the program
+DEFAULT_MAX_OPEN_FILES = 64  # RLIMIT_NOFILE
+DEFAULT_MAX_PROCESSES = 32  # RLIMIT_NPROC (processes and threads of the sandbox uid)
+DEFAULT_MAX_FILE_BYTES = 16 << 20  # RLIMIT_FSIZE: the largest file the program may write
+STARTUP_ALLOWANCE_S = 2.0  # wall-clock time for unshare and the interpreter to start, on a loaded machine
+SANDBOX_UID_BASE = 2_000_000_000  # as root, programs run as uid BASE + slot: uids no account uses
+
+TEST_KINDS = ("assert", "function_check", "stdio")
+
+
+#### Extracting the program from the response
+
+_PYTHON_FENCE_LANGUAGES = ("", "python", "python3", "py")
+
+
+def extract_code(response):
+    """The content of the last complete ```python (```py, ```python3 or bare ```) block, or None.
+
+    Fences are read line by line: a line starting with ``` opens a block (the word after it is the
+    language), and the next line that is just ``` closes it. Blocks of other languages are skipped.
+    """
+    last, language, lines = None, None, None
+    for line in response.splitlines():
+        stripped = line.strip()
+        if lines is None:
+            if stripped.startswith("```"):
+                language, lines = stripped[3:].strip().lower(), []
+        elif stripped == "```":
+            if language in _PYTHON_FENCE_LANGUAGES:
+                last = "\n".join(lines) + "\n"
+            lines = None
+        else:
+            lines.append(line)
+    return last
+
+
+#### The harness: our code, the first thing that runs inside the sandbox
+#
+# `python -I -c HARNESS CONFIG_JSON`. CONFIG_JSON holds the limits, the uid to drop to and the mode,
+# never test data. In assert mode the tests come on stdin (read to the end before the program runs,
+# so the program finds stdin empty) and the result goes to the pipe `result_fd`.
+
+HARNESS = r'''
+import json, os, resource, signal, sys
+config = json.loads(sys.argv[1])
+for name, value in config["rlimits"].items():
+    resource.setrlimit(getattr(resource, name), (value, value))
+if config["uid"] is not None:
+    os.setgroups([])
+    os.setgid(config["uid"])
+    os.setuid(config["uid"])
+payload = json.loads(sys.stdin.buffer.read()) if config["mode"] == "assert" else None
+with open("solution.py") as file:
+    program = file.read()
+
+if config["guard"]:
+    import builtins, shutil, subprocess
+    def refuse(*args, **kwargs):
+        raise PermissionError("not allowed in the sandbox")
+    def inside_sandbox(path):
+        try:
+            return os.path.realpath(os.fsdecode(path)).startswith(os.getcwd() + os.sep)
+        except (TypeError, ValueError):
+            return isinstance(path, int)  # a file descriptor
+    def only_inside(function):
+        def guarded(*paths, **kwargs):
+            if all(inside_sandbox(p) for p in paths if isinstance(p, (str, bytes, os.PathLike, int))):
+                return function(*paths, **kwargs)
+            raise PermissionError("not allowed outside the sandbox directory")
+        return guarded
+    for name in ("kill", "killpg", "system", "popen", "fork", "forkpty", "execv", "execve", "execl", "execle",
+                 "execlp", "execlpe", "execvp", "execvpe", "spawnv", "spawnve", "spawnl", "spawnle",
+                 "posix_spawn", "posix_spawnp", "setuid", "setgid", "setreuid", "chroot", "putenv", "fchdir"):
+        if hasattr(os, name):
+            setattr(os, name, refuse)
+    for name in ("remove", "unlink", "rmdir", "removedirs", "rename", "renames", "replace", "truncate",
+                 "chmod", "chown", "lchown", "link", "symlink"):
+        setattr(os, name, only_inside(getattr(os, name)))
+    shutil.rmtree = shutil.move = shutil.chown = refuse
+    subprocess.Popen = refuse
+
+if config["mode"] == "stdio":
+    sys.argv = ["solution.py"]
+    exec(compile(program, "solution.py", "exec"), {"__name__": "__main__", "__builtins__": __builtins__})
+    sys.exit(0)
+
+class TestTimeout(BaseException):  # not an Exception: a program's `except Exception` does not swallow it
+    pass
+def on_alarm(signal_number, frame):
+    raise TestTimeout()
+signal.signal(signal.SIGALRM, on_alarm)
+def run(code, namespace):
+    """(passed, timed_out) of one piece of code under its own timer."""
+    signal.setitimer(signal.ITIMER_REAL, config["timeout_s"])
+    try:
+        exec(code, namespace)
+        return True, False
+    except TestTimeout:
+        return False, True
+    except BaseException:  # SystemExit too: exiting is not passing
+        return False, False
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+namespace = {"__name__": "__solution__", "__builtins__": __builtins__}
+passed, timed_out = [], []
+ready, late = run(compile(program, "solution.py", "exec"), namespace)  # a program that fails to run
+if ready:                                                               # (or exits) passes nothing
+    ready, late = run(compile(payload["setup"], "setup.py", "exec"), namespace)
+timed_out.append(late)
+for test in payload["asserts"]:
+    if not ready or (config["stop_at_first_failure"] and False in passed):
+        passed.append(False)
+        continue
+    ok, late = run(compile(test, "test.py", "exec"), namespace)
+    passed.append(ok)
+    timed_out.append(late)
+for stream in (sys.stdout, sys.stderr):  # os._exit below does not flush what the program printed
+    try:
+        stream.flush()
+    except BaseException:
+        pass
+record = json.dumps({"token": payload["token"], "passed": passed, "timed_out": any(timed_out)}).encode()
+os.write(config["result_fd"], record)
+os._exit(0)  # no atexit handlers, no waiting for the program's threads
+'''
+
+
+#### Setting up: which isolation layers work here (probed once)
+
+_setup = None
+_setup_lock = threading.Lock()
+_uids_in_use = set()
+_uid_lock = threading.Lock()
+
+
+def _namespace_flags(as_root):
+    """unshare options, strongest first: network + PID + private /proc, then network only."""
+    user = [] if as_root else ["-r"]  # a normal user needs a user namespace to create the others
+    return [user + ["-n", "-p", "-f", "--kill-child", "-m", "--mount-proc"], user + ["-n"]]
+
+
+_PROBE_PROGRAM = '''
+import fractions, os, socket  # fractions: a module the harness has not imported, read as the sandbox uid
+interfaces = sorted(name for _, name in socket.if_nameindex())
+uid = os.getuid()
+'''
+
+
+def _probe(python, unshare_prefix, uid):
+    """Run a tiny program through the full sandbox; its uid and network interfaces, or None if it fails."""
+    result = _run_sandboxed(program=_PROBE_PROGRAM, mode="assert",
+                            tests={"setup": "", "asserts": ["print(json.dumps([uid, interfaces]))"]},
+                            python=python, unshare_prefix=unshare_prefix, uid=uid, timeout_s=10.0,
+                            memory_mb=DEFAULT_MEMORY_MB, output_bytes=4096, max_open_files=DEFAULT_MAX_OPEN_FILES,
+                            max_processes=DEFAULT_MAX_PROCESSES, max_file_bytes=DEFAULT_MAX_FILE_BYTES,
+                            python_guard=False, stop_at_first_failure=True, setup_line="import json\n")
+    if result["passed"] != [True]:
+        return None
+    return json.loads(result["stdout"].strip().splitlines()[-1])
+
+
+def _python_candidates():
+    """The interpreter for programs: ours, else the system's (when ours is not readable by other uids)."""
+    candidates = [sys.executable]
+    for path in ("/usr/bin/python3", "/usr/local/bin/python3"):
+        if os.path.exists(path) and os.path.realpath(path) != os.path.realpath(sys.executable):
+            candidates.append(path)
+    return candidates
+
+
+def sandbox_setup():
+    """How programs run here, decided once: {"python", "unshare_prefix", "drop_uid", "status"}."""
+    global _setup
+    with _setup_lock:
+        if _setup is not None:
+            return _setup
+        as_root = os.geteuid() == 0
+        unshare = shutil.which("unshare")
+        notes, chosen = [], None
+        candidates = [[unshare] + flags for flags in _namespace_flags(as_root)] if unshare else []
+        for prefix in candidates + [[]]:
+            for python in _python_candidates():
+                found = _probe(python, prefix, SANDBOX_UID_BASE if as_root else None)
+                if found is not None:
+                    chosen = (prefix, python, as_root, found)
+                    break
+            if chosen:
+                break
+        if chosen is None and as_root:  # the uid cannot read any interpreter: run as root, say so
+            for prefix in candidates + [[]]:
+                found = _probe(sys.executable, prefix, None)
+                if found is not None:
+                    chosen = (prefix, sys.executable, False, found)
+                    notes.append("NOT dropping root: no interpreter is readable by an unprivileged uid")
+                    break
+        if chosen is None:
+            raise RuntimeError("reward_code: cannot run a Python program at all (not even without a sandbox)")
+        prefix, python, drop_uid, (uid, interfaces) = chosen
+        flags = " ".join(prefix[1:])
+        if prefix and interfaces == ["lo"]:
+            network = f"isolated (unshare {flags})"
+        else:
+            network = "NOT isolated (" + ("unshare is not installed" if not unshare else
+                                           "the kernel refuses new namespaces here") + ")"
+            notes.append("programs can reach the network")
+        pids = ("own PID namespace and /proc" if "-p" in prefix else
+                "NOT isolated (programs can see and signal this user's processes)")
+        user = (f"programs run as uid {SANDBOX_UID_BASE}+slot (root drops privileges)" if drop_uid else
+                f"programs run as this user (uid {os.geteuid()}): they can touch this user's files")
+        interpreter = "" if python == sys.executable else f"; programs run with {python} (sys.executable " \
+                                                          "is not readable by the sandbox uid)"
+        status = (f"network: {network}; processes: {pids}; user: {user}; limits: wall and CPU time, "
+                  f"memory (RLIMIT_AS), output, file size, open files, processes{interpreter}")
+        if notes:
+            print(f"reward_code: WARNING: weak sandbox: {'; '.join(notes)}. {status}", file=sys.stderr)
+        _setup = {"python": python, "unshare_prefix": prefix, "drop_uid": drop_uid, "status": status}
+        return _setup
+
+
+def sandbox_status():
+    """One line: which isolation layers are active on this machine."""
+    return sandbox_setup()["status"]
+
+
+def _take_uid():
+    with _uid_lock:
+        slot = 0
+        while SANDBOX_UID_BASE + slot in _uids_in_use:
+            slot += 1
+        _uids_in_use.add(SANDBOX_UID_BASE + slot)
+        return SANDBOX_UID_BASE + slot
+
+
+def _give_back_uid(uid):
+    with _uid_lock:
+        _uids_in_use.discard(uid)
+
+
+def _processes_of_this_user():
+    """Threads of this uid (RLIMIT_NPROC counts threads): a normal user's limit must leave room for them."""
+    count, uid = 0, str(os.getuid())
+    for entry in os.listdir("/proc"):
+        try:
+            with open(f"/proc/{entry}/status") as file:
+                fields = dict(line.split(":", 1) for line in file if ":" in line)
+            if fields.get("Uid", "").split()[0] == uid:
+                count += int(fields.get("Threads", "1"))
+        except (OSError, ValueError, IndexError):
+            continue
+    return count
+
+
+#### Running one program
+
+def _sandbox_environment(directory):
+    return {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": directory, "TMPDIR": directory, "LANG": "C.UTF-8",
+            "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+
+
+def _remove_directory(directory):
+    def make_writable_and_retry(function, path, _):
+        os.chmod(os.path.dirname(path), 0o700)  # a program may have made its files read-only
+        function(path)
+    shutil.rmtree(directory, onerror=make_writable_and_retry)
+
+
+def _run_sandboxed(*, program, mode, tests=None, stdin="", python, unshare_prefix, uid, timeout_s, memory_mb,
+                   output_bytes, max_open_files, max_processes, max_file_bytes, python_guard,
+                   stop_at_first_failure, setup_line=""):
+    """Run one program once. mode "stdio": `stdin` is its input; mode "assert": `tests` is
+    {"setup", "asserts"}. Returns {"stdout", "stderr", "returncode", "passed" (assert mode: a bool per
+    assert, all False when no valid result record came), "timed_out", "output_overflow", "seconds"}."""
+    count = len(tests["asserts"]) if mode == "assert" else 1
+    wall_s = STARTUP_ALLOWANCE_S + timeout_s * (count + (2 if mode == "assert" else 0))  # + program, setup
+    directory = tempfile.mkdtemp(prefix="zerorl-sandbox-")
+    token = secrets.token_hex(16)
+    result_read, result_write = os.pipe()
+    process = None
+    try:
+        with open(os.path.join(directory, "solution.py"), "w") as file:
+            file.write(program)
+        if uid is not None:
+            os.chown(directory, uid, uid)
+            os.chown(os.path.join(directory, "solution.py"), uid, uid)
+        os.chmod(directory, 0o700)
+        processes_limit = max_processes if uid is not None or os.geteuid() == 0 else \
+            _processes_of_this_user() + max_processes
+        config = {"mode": mode, "uid": uid, "guard": python_guard, "timeout_s": timeout_s, "result_fd": result_write,
+                  "stop_at_first_failure": stop_at_first_failure,
+                  "rlimits": {"RLIMIT_CPU": math.ceil(wall_s), "RLIMIT_AS": memory_mb << 20,
+                              "RLIMIT_FSIZE": max_file_bytes, "RLIMIT_NOFILE": max_open_files,
+                              "RLIMIT_NPROC": processes_limit, "RLIMIT_CORE": 0}}
+        if mode == "assert":
+            stdin = json.dumps({"token": token, "setup": setup_line + tests["setup"], "asserts": tests["asserts"]})
+        command = list(unshare_prefix) + [python, "-I", "-c", HARNESS, json.dumps(config)]
+        start = time.monotonic()
+        process = subprocess.Popen(command, cwd=directory, env=_sandbox_environment(directory),
+                                   stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                   pass_fds=(result_write,), start_new_session=True)
+        os.close(result_write)
+        result_write = None
+        outputs, overflow, timed_out = _communicate(process, stdin.encode(), result_read, start + wall_s,
+                                                    output_bytes)
+    finally:
+        if process is not None:
+            try:  # always: whatever the program left running in its process group dies with it
+                os.killpg(process.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            process.wait()
+        for fd in (result_read, result_write):
+            if fd is not None:
+                os.close(fd)
+        _remove_directory(directory)
+    seconds = time.monotonic() - start
+    passed = [False] * count
+    if mode == "assert" and not overflow:
+        try:
+            record = json.loads(outputs["result"])
+            if record["token"] == token and len(record["passed"]) == count:
+                passed = [value is True for value in record["passed"]]
+                timed_out = timed_out or bool(record["timed_out"])
+        except (ValueError, KeyError, TypeError):
+            pass  # no record (the program exited early or was killed) or a mangled one: nothing passed
+    return {"stdout": outputs["stdout"].decode("utf-8", errors="replace"),
+            "stderr": outputs["stderr"].decode("utf-8", errors="replace"), "returncode": process.returncode,
+            "passed": passed, "timed_out": timed_out, "output_overflow": overflow, "seconds": seconds}
+
+
+def _communicate(process, stdin_bytes, result_read, deadline, output_bytes):
+    """Feed stdin and collect stdout, stderr and the result pipe until all close, the deadline passes or
+    the output passes output_bytes. Returns ({"stdout", "stderr", "result": bytes}, overflow, timed_out)."""
+    selector = selectors.DefaultSelector()
+    names = {process.stdout.fileno(): "stdout", process.stderr.fileno(): "stderr", result_read: "result"}
+    outputs = {name: bytearray() for name in names.values()}
+    for fd in names:
+        selector.register(fd, selectors.EVENT_READ)
+    pending = memoryview(stdin_bytes)
+    stdin_fd = process.stdin.fileno()
+    os.set_blocking(stdin_fd, False)
+    if pending:
+        selector.register(stdin_fd, selectors.EVENT_WRITE)
+    else:
+        process.stdin.close()
+    overflow = timed_out = False
+    try:
+        while selector.get_map():
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                timed_out = True
+                break
+            for key, _ in selector.select(remaining):
+                if key.fd == stdin_fd:
+                    try:
+                        pending = pending[os.write(stdin_fd, pending[:65536]):]
+                    except (BrokenPipeError, OSError):  # the program stopped reading: fine
+                        pending = pending[:0]
+                    if not pending:
+                        selector.unregister(stdin_fd)
+                        process.stdin.close()
+                    continue
+                chunk = os.read(key.fd, 65536)
+                if not chunk:
+                    selector.unregister(key.fd)
+                    continue
+                outputs[names[key.fd]] += chunk
+                if len(outputs["stdout"]) + len(outputs["stderr"]) > output_bytes or len(outputs["result"]) > 1 << 20:
+                    overflow = True
+            if overflow:
+                break
+    finally:
+        selector.close()
+        if not process.stdin.closed:
+            process.stdin.close()
+    return {name: bytes(value) for name, value in outputs.items()}, overflow, timed_out
+
+
+#### Grading: one response, one batch
+
+def normalize_output(text):
+    """The competitive-programming comparison rule: trailing whitespace of each line and trailing blank
+    lines do not count ("\\r\\n" is "\\n"). Returns the list of lines to compare."""
+    lines = [line.rstrip() for line in text.replace("\r\n", "\n").split("\n")]
+    while lines and not lines[-1]:
+        lines.pop()
+    return lines
+
+
+def count_tests(tests):
+    """How many tests a spec holds (the denominator of partial credit)."""
+    kind = tests.get("kind")
+    if kind == "assert":
+        return len(tests["asserts"])
+    if kind == "function_check":
+        return 1
+    if kind == "stdio":
+        return len(tests["cases"])
+    raise ValueError(f"unknown test kind {kind!r}; choose from {', '.join(TEST_KINDS)}")
+
+
+def _grade_one(code, tests, *, partial_credit, setup, limits):
+    """(passed, total, timed_out) of one program against its tests."""
+    total = count_tests(tests)
+    if code is None or total == 0:
+        return 0, total, False
+    uid = _take_uid() if setup["drop_uid"] else None
+    run = functools.partial(_run_sandboxed, python=setup["python"], unshare_prefix=setup["unshare_prefix"],
+                            uid=uid, stop_at_first_failure=not partial_credit, **limits)
+    try:
+        if tests["kind"] == "assert":
+            result = run(program=code, mode="assert", tests={"setup": tests.get("setup") or "",
+                                                             "asserts": list(tests["asserts"])})
+            return sum(result["passed"]), total, result["timed_out"]
+        if tests["kind"] == "function_check":
+            # The prompt, then the model's code (which may redefine the entry point): see the docstring.
+            program = tests["prefix"] + "\n" + code
+            result = run(program=program, mode="assert",
+                         tests={"setup": tests["check"], "asserts": [f"check({tests['entry_point']})"]})
+            return sum(result["passed"]), total, result["timed_out"]
+        if tests.get("time_limit_s"):
+            run = functools.partial(run, timeout_s=float(tests["time_limit_s"]))
+        passed, timed_out = 0, False
+        for case in tests["cases"]:
+            result = run(program=code, mode="stdio", stdin=case["input"])
+            ok = (result["returncode"] == 0 and not result["timed_out"] and not result["output_overflow"]
+                  and normalize_output(result["stdout"]) == normalize_output(case["output"]))
+            passed += ok
+            timed_out = timed_out or result["timed_out"]
+            if not ok and not partial_credit:
+                break
+        return passed, total, timed_out
+    finally:
+        if uid is not None:
+            _give_back_uid(uid)
+
+
+def grade_code_batch(responses, tests, *, partial_credit=False, num_workers=None, timeout_s=DEFAULT_TIMEOUT_S,
+                     memory_mb=DEFAULT_MEMORY_MB, output_bytes=DEFAULT_OUTPUT_BYTES,
+                     max_open_files=DEFAULT_MAX_OPEN_FILES, max_processes=DEFAULT_MAX_PROCESSES,
+                     max_file_bytes=DEFAULT_MAX_FILE_BYTES, python_guard=True):
+    """Grade one batch of responses against their test specs (tests[i] for responses[i]).
+
+    Returns a dict of lists, one entry per response: pred (the extracted program or None), correct
+    (every test passed), reward (1.0 or 0.0; with partial_credit the fraction passed), timeouts (some
+    test hit a time limit), passed and total (tests). The limits are documented at the top of the module.
+    """
+    if len(responses) != len(tests):
+        raise ValueError(f"{len(responses)} responses but {len(tests)} test specs")
+    for spec in tests:
+        count_tests(spec)  # an unknown kind is an error before anything runs
+    setup = sandbox_setup()
+    limits = dict(timeout_s=timeout_s, memory_mb=memory_mb, output_bytes=output_bytes,
+                  max_open_files=max_open_files, max_processes=max_processes, max_file_bytes=max_file_bytes,
+                  python_guard=python_guard)
+    predictions = [extract_code(response) for response in responses]
+    grade = functools.partial(_grade_one, partial_credit=partial_credit, setup=setup, limits=limits)
+    workers = max(1, num_workers or os.cpu_count() or 1)
+    if workers == 1 or len(responses) <= 1:
+        outcomes = [grade(code, spec) for code, spec in zip(predictions, tests)]
+    else:
+        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="reward-code") as pool:
+            outcomes = list(pool.map(grade, predictions, tests))
+    passed = [outcome[0] for outcome in outcomes]
+    total = [outcome[1] for outcome in outcomes]
+    correct = [t > 0 and p == t for p, t in zip(passed, total)]
+    if partial_credit:
+        rewards = [p / t if t else 0.0 for p, t in zip(passed, total)]
+    else:
+        rewards = [1.0 if ok else 0.0 for ok in correct]
+    return {"pred": predictions, "correct": correct, "reward": rewards,
+            "timeouts": [outcome[2] for outcome in outcomes], "passed": passed, "total": total}
+
+
+#### Command line: the sandbox's status, or grade a jsonl file of {"response", "tests"} rows
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description="Grade code responses in a sandbox (see the module docstring).")
+    parser.add_argument("--status", action="store_true", help="print which isolation layers work here")
+    parser.add_argument("--input", help="jsonl with 'response' and 'tests' (a test spec) on each line")
+    parser.add_argument("--output", help="jsonl: each input row plus pred, correct, reward, passed, total")
+    parser.add_argument("--partial-credit", action="store_true")
+    parser.add_argument("--workers", type=int, default=None, help="programs at once (default: CPUs)")
+    parser.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT_S, help="seconds per test")
+    parser.add_argument("--memory-mb", type=int, default=DEFAULT_MEMORY_MB)
+    args = parser.parse_args(argv)
+    if args.status or not args.input:
+        print(sandbox_status())
+        return
+    rows = [json.loads(line) for line in open(args.input) if line.strip()]
+    start = time.perf_counter()
+    graded = grade_code_batch([row["response"] for row in rows], [row["tests"] for row in rows],
+                              partial_credit=args.partial_credit, num_workers=args.workers,
+                              timeout_s=args.timeout, memory_mb=args.memory_mb)
+    seconds = time.perf_counter() - start
+    if args.output:
+        with open(args.output, "w") as file:
+            for index, row in enumerate(rows):
+                row.update({key: graded[key][index] for key in graded})
+                file.write(json.dumps(row) + "\n")
+    print(f"graded {len(rows)} programs: {sum(graded['correct'])} correct, {sum(graded['timeouts'])} with "
+          f"timeouts, {len(rows) / max(seconds, 1e-9):.1f} programs/s", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()
