@@ -5,17 +5,51 @@ per-token quantities in *response coordinates*: [B, R] with R the longest respon
 the j-th response token, predicted from the hidden state of the token before it. response_mask [B, R]
 marks the real (non-padding) response tokens. Sequence-level quantities are [B], and the
 samples_per_prompt responses to one prompt are contiguous (a "group").
+
+Data parallel (torchrun): each rank holds a full replica and its own share of the rollout, always whole
+groups. Everything that spans the batch is computed over all ranks with an all-reduce: the whitening
+statistics, the loss normalizers (tokens and sequences of the global mini-batch) and the gradients. So
+the update equals a single process's update on the whole batch, whatever the number of ranks.
 """
 
 import math
 import random
 
 import torch
+import torch.distributed as dist
 from torch.utils.checkpoint import checkpoint
 
 ADV_ESTIMATORS = ("grpo", "dr_grpo", "rloo", "reinforce_pp", "gae")
 LOSS_AGGREGATIONS = ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum-norm")
 KL_ESTIMATORS = ("k1", "k2", "k3")
+
+
+#### Data parallel: sums over all ranks (no-ops in a single process)
+
+
+def distributed():
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def all_ranks_sum(tensor, op="sum"):
+    """The elementwise sum (or max) of `tensor` over all ranks, as a new tensor; the tensor itself when alone."""
+    if not distributed():
+        return tensor
+    reduced = tensor.clone()
+    dist.all_reduce(reduced, op=dist.ReduceOp.MAX if op == "max" else dist.ReduceOp.SUM)
+    return reduced
+
+
+def all_reduce_gradients(parameters):
+    """Sum every gradient over the ranks: the job DistributedDataParallel does, written out. The loss is
+    already normalized by global counts, so the sum (not the mean) is the whole batch's gradient. A rank
+    whose share of the mini-batch was empty contributes zeros."""
+    if not distributed():
+        return
+    for parameter in parameters:
+        if parameter.grad is None:
+            parameter.grad = torch.zeros_like(parameter)
+        dist.all_reduce(parameter.grad, op=dist.ReduceOp.SUM)
 
 
 #### Log-probs, entropy and values at the response positions
@@ -144,9 +178,10 @@ def token_level_rewards(rewards, response_mask, kl_penalty=None, kl_coef=0.0):
 #### Advantage estimators
 
 def whiten(values, mask, eps=1e-8):
-    """(x - mean) / std over the masked entries of the whole batch."""
-    mean = (values * mask).sum() / mask.sum()
-    variance = (((values - mean) * mask) ** 2).sum() / mask.sum()
+    """(x - mean) / std over the masked entries of the whole batch (on every rank, under torchrun)."""
+    count = all_ranks_sum(mask.sum().double())
+    mean = (all_ranks_sum((values * mask).sum().double()) / count).to(values.dtype)
+    variance = (all_ranks_sum((((values - mean) * mask) ** 2).sum().double()) / count).to(values.dtype)
     return (values - mean) * torch.rsqrt(variance + eps) * mask
 
 
@@ -279,12 +314,14 @@ def aggregate(per_token, mask, mode, mini_batch_tokens, mini_batch_sequences, ma
 
 #### The update step
 
-def ppo_update(model, optimizer, batch, *, mini_batch_size, micro_batch_size, ppo_epochs, clip_ratio,
+def ppo_update(model, optimizer, batch, *, mini_batches, micro_batch_size, ppo_epochs, clip_ratio,
                kl_coef, entropy_coef, max_grad_norm, temperature, pad_token_id, seed, clip_ratio_high=None,
                dual_clip=None, loss_agg="token-mean", kl_estimator="k3", kl_in_loss=True, max_response_length=None,
                tis_cap=None, critic=None, critic_optimizer=None, value_clip=0.2, autocast_dtype=None):
-    """PPO over one rollout batch: ppo_epochs passes, each over shuffled mini-batches (one optimizer step
-    each), each mini-batch accumulated over micro-batches (one forward/backward each).
+    """PPO over one rollout batch: ppo_epochs passes, each over `mini_batches` shuffled mini-batches (one
+    optimizer step each), each mini-batch accumulated over micro-batches (one forward/backward each).
+    Under torchrun every rank takes the same number of optimizer steps over its own share of the batch
+    (shares may differ in size, even be empty); see the module docstring.
 
     batch: "sequences" (token lists), "prompt_lengths" [B], "old_logprobs" [B, R], "ref_logprobs" [B, R]
     or None, "advantages" [B, R], "response_mask" [B, R]; for a critic also "old_values" and "returns"
@@ -300,13 +337,17 @@ def ppo_update(model, optimizer, batch, *, mini_batch_size, micro_batch_size, pp
     size = len(batch["sequences"])
     max_response_length = max_response_length or mask_all.shape[1]
     order = list(range(size))
+    models = [model] if critic is None else [model, critic]
     history = {}
     for epoch in range(ppo_epochs):
         random.Random(seed * 1000 + epoch).shuffle(order)
-        for mini_start in range(0, size, mini_batch_size):
-            mini_indices = order[mini_start:mini_start + mini_batch_size]
-            normalizers = dict(mini_batch_tokens=max(int(mask_all[mini_indices].sum()), 1),
-                               mini_batch_sequences=len(mini_indices), max_response_length=max_response_length)
+        for mini_batch in range(mini_batches):
+            mini_indices = order[size * mini_batch // mini_batches:size * (mini_batch + 1) // mini_batches]
+            # The loss is normalized by the whole mini-batch's counts, over all ranks: normalizing by the
+            # rank's own count would make the result depend on the number of GPUs.
+            counts = all_ranks_sum(torch.tensor([float(mask_all[mini_indices].sum()), float(len(mini_indices))]))
+            normalizers = dict(mini_batch_tokens=max(int(counts[0]), 1), mini_batch_sequences=max(int(counts[1]), 1),
+                               max_response_length=max_response_length)
             sums = {}
             for micro_start in range(0, len(mini_indices), micro_batch_size):
                 indices = torch.tensor(mini_indices[micro_start:micro_start + micro_batch_size])
@@ -346,8 +387,13 @@ def ppo_update(model, optimizer, batch, *, mini_batch_size, micro_batch_size, pp
                     sums["ratio_max"] = max(sums.get("ratio_max", 0.0),
                                             float((metrics["ratio_mean"].detach() * mask).max()))
 
-            step_metrics = {name: (value if name == "ratio_max" else value / normalizers["mini_batch_tokens"])
-                            for name, value in sums.items()}
+            for each_model in models:
+                all_reduce_gradients(each_model.parameters())
+            names = ["pg_loss", "entropy", "clip_frac", "ratio_mean"] + ["kl"] * (kl_coef > 0 and kl_in_loss) \
+                + ["value_loss"] * (critic is not None)  # the same list on every rank, even an idle one
+            totals = all_ranks_sum(torch.tensor([sums.get(name, 0.0) for name in names], dtype=torch.float64))
+            step_metrics = {name: float(total) / normalizers["mini_batch_tokens"] for name, total in zip(names, totals)}
+            step_metrics["ratio_max"] = float(all_ranks_sum(torch.tensor(sums.get("ratio_max", 0.0)), op="max"))
             step_metrics["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(model.parameters(), max_grad_norm))
             if critic is not None:
                 step_metrics["critic_grad_norm"] = float(torch.nn.utils.clip_grad_norm_(critic.parameters(),

@@ -108,7 +108,7 @@ def run_variant(args):
             batch = dict(sequences=sequences, prompt_lengths=prompt_lengths, old_logprobs=torch.zeros(args.batch, width),
                          ref_logprobs=None, advantages=torch.randn(args.batch, width, generator=generator),
                          response_mask=mask)
-            ppo_update(model, optimizer, batch, mini_batch_size=args.batch, micro_batch_size=args.micro_batch,
+            ppo_update(model, optimizer, batch, mini_batches=1, micro_batch_size=args.micro_batch,
                        ppo_epochs=1, clip_ratio=0.2, kl_coef=0.0, entropy_coef=0.0, max_grad_norm=1.0,
                        temperature=1.0, pad_token_id=0, seed=0,
                        autocast_dtype=torch.bfloat16 if device == "cuda" else None)

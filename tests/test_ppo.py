@@ -87,7 +87,7 @@ def test_one_update_changes_the_weights_and_lowers_the_loss(policy):
     before_weights = copy.deepcopy(policy.state_dict())
     before_loss = surrogate_loss(policy, batch)
     optimizer, _ = make_optimizer(policy, "adamw", lr=1e-3, weight_decay=0.0, warmup_steps=0)
-    metrics = ppo_update(policy, optimizer, batch, mini_batch_size=8, micro_batch_size=3, **UPDATE_ARGS)
+    metrics = ppo_update(policy, optimizer, batch, mini_batches=1, micro_batch_size=3, **UPDATE_ARGS)
 
     changed = [name for name, value in policy.state_dict().items() if not torch.equal(value, before_weights[name])]
     assert len(changed) == len(before_weights)
@@ -103,7 +103,7 @@ def test_gradient_does_not_depend_on_micro_batch_split(policy):
         model = copy.deepcopy(policy)
         optimizer = torch.optim.SGD(model.parameters(), lr=0.0)  # step() keeps weights; we read the grads
         optimizer.zero_grad = lambda set_to_none=True: None  # keep .grad after the step for inspection
-        ppo_update(model, optimizer, batch, mini_batch_size=8, micro_batch_size=micro_batch_size,
+        ppo_update(model, optimizer, batch, mini_batches=1, micro_batch_size=micro_batch_size,
                    **{**UPDATE_ARGS, "max_grad_norm": 1e9})
         return torch.cat([p.grad.flatten() for p in model.parameters()])
 
@@ -253,7 +253,7 @@ def test_other_aggregations_do_not_depend_on_micro_batch_split(policy, loss_agg)
         model = copy.deepcopy(policy)
         optimizer = torch.optim.SGD(model.parameters(), lr=0.0)
         optimizer.zero_grad = lambda set_to_none=True: None
-        ppo_update(model, optimizer, batch, mini_batch_size=8, micro_batch_size=micro_batch_size, loss_agg=loss_agg,
+        ppo_update(model, optimizer, batch, mini_batches=1, micro_batch_size=micro_batch_size, loss_agg=loss_agg,
                    **{**UPDATE_ARGS, "max_grad_norm": 1e9})
         return torch.cat([p.grad.flatten() for p in model.parameters()])
 
@@ -263,11 +263,11 @@ def test_other_aggregations_do_not_depend_on_micro_batch_split(policy, loss_agg)
 def test_second_mini_batch_is_off_policy_first_is_not(policy):
     batch = fixed_batch(policy, size=8)
     optimizer, _ = make_optimizer(policy, "adamw", lr=1e-2, weight_decay=0.0, warmup_steps=0)
-    one = ppo_update(copy.deepcopy(policy), optimizer, batch, mini_batch_size=8, micro_batch_size=8, **UPDATE_ARGS)
+    one = ppo_update(copy.deepcopy(policy), optimizer, batch, mini_batches=1, micro_batch_size=8, **UPDATE_ARGS)
     assert one["ratio_max"] == pytest.approx(1.0, abs=1e-5) and one["clip_frac"] == 0.0
     model = copy.deepcopy(policy)
     optimizer, _ = make_optimizer(model, "adamw", lr=1e-2, weight_decay=0.0, warmup_steps=0)
-    two = ppo_update(model, optimizer, batch, mini_batch_size=4, micro_batch_size=4, **{**UPDATE_ARGS, "ppo_epochs": 2})
+    two = ppo_update(model, optimizer, batch, mini_batches=2, micro_batch_size=4, **{**UPDATE_ARGS, "ppo_epochs": 2})
     assert two["ratio_max"] > 1.0 + 1e-3  # later mini-batches see a policy that has moved
 
 
@@ -286,7 +286,7 @@ def test_adamw8bit_step_runs_on_cpu(policy):
     batch = fixed_batch(policy)
     optimizer, _ = make_optimizer(policy, "adamw8bit", lr=1e-3, weight_decay=0.0, warmup_steps=0)
     before = surrogate_loss(policy, batch)
-    ppo_update(policy, optimizer, batch, mini_batch_size=8, micro_batch_size=8, **UPDATE_ARGS)
+    ppo_update(policy, optimizer, batch, mini_batches=1, micro_batch_size=8, **UPDATE_ARGS)
     assert surrogate_loss(policy, batch) < before
 
 
@@ -296,7 +296,7 @@ def test_a_non_finite_gradient_skips_the_optimizer_step(policy):
     batch["advantages"][0, 0] = float("nan")
     before = copy.deepcopy(policy.state_dict())
     optimizer, _ = make_optimizer(policy, "adamw", lr=1e-3, weight_decay=0.0, warmup_steps=0)
-    metrics = ppo_update(policy, optimizer, batch, mini_batch_size=4, micro_batch_size=4, **UPDATE_ARGS)
+    metrics = ppo_update(policy, optimizer, batch, mini_batches=2, micro_batch_size=4, **UPDATE_ARGS)
     # Two mini-batches: the one holding the NaN is skipped, the other one updates.
     assert metrics["skipped_update_frac"] == 0.5
     assert all(torch.isfinite(value).all() for value in policy.state_dict().values())
@@ -306,6 +306,6 @@ def test_a_non_finite_gradient_skips_the_optimizer_step(policy):
     model = copy.deepcopy(policy)
     optimizer, _ = make_optimizer(model, "adamw", lr=1e-3, weight_decay=0.0, warmup_steps=0)
     state = copy.deepcopy(model.state_dict())
-    assert ppo_update(model, optimizer, batch, mini_batch_size=8, micro_batch_size=8, **UPDATE_ARGS)[
+    assert ppo_update(model, optimizer, batch, mini_batches=1, micro_batch_size=8, **UPDATE_ARGS)[
         "skipped_update_frac"] == 1.0
     assert all(torch.equal(value, state[name]) for name, value in model.state_dict().items())
