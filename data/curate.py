@@ -25,12 +25,13 @@ It writes:
   OUT                     the kept rows of the input, each exactly as it was in the input file plus a
                           "pass_rate" field, as JSON lines: train.py reads OUT just as it read the input
   OUT.pass_rates.jsonl    one line per prompt, kept or not: index (the row's position in the input),
-                          problem, pass_rate, correct, samples, kept
+                          task, problem, pass_rate, correct, samples, kept
 and prints a summary: prompts kept, always solved, never solved, and a histogram of the pass rates.
 
-Math problems are graded against their gold answer by reward.grade_batch. A problem with "task": "code"
-is prompted with data.problems.task_template(template, "code") and graded by running its tests with
-reward_code.grade_code_batch; both are imported only when such a problem is present.
+Math problems are graded against their gold answer by reward.grade_batch. A code problem ("task": "code",
+as load_problems marks them) is prompted with the code template of the same style
+(data.problems.task_template) and graded by running its tests with reward_code.grade_code_batch, which
+is imported only when a code problem is present. A problem without a "task" key is math.
 """
 
 import argparse
@@ -297,8 +298,8 @@ def main(argv=None):
     pass_rates_path = output.with_suffix(".pass_rates.jsonl")
     with open(pass_rates_path, "w") as file:
         for problem, index, count, rate in zip(problems, indices, counts, rates):
-            record = {"index": index, "problem": problem["problem"], "pass_rate": rate, "correct": count,
-                      "samples": args.samples_per_prompt,
+            record = {"index": index, "task": task_of(problem), "problem": problem["problem"], "pass_rate": rate,
+                      "correct": count, "samples": args.samples_per_prompt,
                       "kept": keep_pass_rate(rate, min_pass_rate=args.min_pass_rate, max_pass_rate=args.max_pass_rate)}
             if problem.get("prompt_too_long"):
                 record["prompt_too_long"] = True

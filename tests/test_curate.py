@@ -1,11 +1,11 @@
 """data/curate.py: the pass-rate filter by hand, counting and grading dispatch with a stand-in engine, the
 input rows written back as they were, and the command line end to end on a real (tiny) model whose pass
-rates we arranged: one prompt always solved, one about half the time, one never."""
+rates we arranged: one prompt always solved, one about half the time, one never. Code problems are graded
+for real by reward_code.py's sandbox."""
 
 import json
 import subprocess
 import sys
-import types
 from contextlib import contextmanager
 
 import pytest
@@ -15,7 +15,7 @@ import data.problems
 from conftest import ROOT
 from data.curate import (count_correct, filter_by_pass_rate, keep_pass_rate, load_rows_and_problems, main,
                          pass_rate_histogram, pass_rates)
-from data.problems import format_prompt, load_problems
+from data.problems import PROMPT_TEMPLATES, format_prompt, load_problems
 from rollout import Sample
 
 #### The filter, by hand
@@ -72,8 +72,8 @@ class ScriptedEngine:
         self.calls.append({"prompts": prompts, "samples_per_prompt": samples_per_prompt, "stop": stop})
         samples = []
         for index, prompt in enumerate(prompts):
-            problem = next(text for text in self.script if prompt == format_prompt(text, "simple")
-                           or prompt == format_prompt(text, "qwen-boxed"))
+            problem = next(text for text in self.script
+                           if any(prompt == format_prompt(text, template) for template in PROMPT_TEMPLATES))
             for text in self.script[problem][:samples_per_prompt]:
                 samples.append(Sample(prompt_index=index, prompt_token_ids=[], response_token_ids=[],
                                       response_logprobs=[], response_text=text, finish_reason="stop"))
@@ -95,26 +95,29 @@ def test_count_correct_counts_per_prompt_across_batches_and_skips_prompts_too_lo
     assert rates == [1.0, 0.5, 0.0, 0.0, 0.25]
 
 
-def test_code_problems_use_the_code_template_and_the_code_grader(monkeypatch):
-    # reward_code and task_template are being written elsewhere; stand-ins show the dispatch: a problem
-    # without "task" is math, "task": "code" is asked with task_template(template, "code") and graded on its tests.
-    graded_code = []
+def test_code_problems_use_the_code_template_and_the_code_grader(tmp_path):
+    # A file with a math row and a code row ("problem" + "tests"): load_problems marks the task; the code
+    # prompt is asked with the code template of the same style and graded by running its tests.
+    from data.problems import task_template
 
-    def grade_code_batch(responses, tests):
-        graded_code.append((list(responses), list(tests)))
-        return {"correct": [response == "print(2)" for response in responses]}
-
-    monkeypatch.setitem(sys.modules, "reward_code", types.SimpleNamespace(grade_code_batch=grade_code_batch))
-    monkeypatch.setattr(data.problems, "task_template", lambda template, task: "qwen-boxed", raising=False)
-    problems = [{"problem": "add", "answer": "2"}, {"problem": "print two", "task": "code", "tests": ["t1"]},
-                {"problem": "sub", "answer": "0", "task": "math"}]
-    engine = ScriptedEngine({"add": ["\\boxed{2}", "\\boxed{3}"], "print two": ["print(2)", "print(2)"],
-                             "sub": ["\\boxed{1}", "\\boxed{1}"]})
-    assert count_correct(engine, problems, "simple", samples_per_prompt=2, progress=False) == [1, 2, 0]
-    assert [call["prompts"] for call in engine.calls] == [
-        [format_prompt("add", "simple"), format_prompt("sub", "simple")], [format_prompt("print two", "qwen-boxed")]]
-    assert engine.calls[1]["stop"] == data.problems.TEMPLATE_STOP_STRINGS["qwen-boxed"]
-    assert graded_code == [(["print(2)", "print(2)"], [["t1"], ["t1"]])]
+    source = tmp_path / "mixed.jsonl"
+    source.write_text(json.dumps({"problem": "add", "answer": "2"}) + "\n" + json.dumps(
+        {"problem": "Write add(a, b).", "tests": {"kind": "assert", "setup": "", "asserts": ["assert add(1, 2) == 3"]}})
+                      + "\n")
+    problems = load_problems(source)
+    assert [p["task"] for p in problems] == ["math", "code"]
+    solution, wrong = "```python\ndef add(a, b):\n    return a + b\n```", "```python\ndef add(a, b):\n    return a\n```"
+    engine = ScriptedEngine({"add": ["\\boxed{2}", "\\boxed{3}", "\\boxed{2}"],
+                             "Write add(a, b).": [solution, wrong, solution]})
+    assert count_correct(engine, problems, "simple", samples_per_prompt=3, progress=False) == [2, 2]
+    code_template = task_template("simple", "code")
+    assert code_template != "simple"
+    assert [call["prompts"] for call in engine.calls] == [[format_prompt("add", "simple")],
+                                                          [format_prompt("Write add(a, b).", code_template)]]
+    assert engine.calls[1]["stop"] == data.problems.TEMPLATE_STOP_STRINGS[code_template]
+    # A problem without a "task" key is math; an unknown task is an error.
+    assert count_correct(engine, [{"problem": "add", "answer": "2"}], "simple", samples_per_prompt=3,
+                         progress=False) == [2]
     with pytest.raises(ValueError, match="unknown task"):
         count_correct(engine, [{"problem": "add", "answer": "2", "task": "poetry"}], "simple", samples_per_prompt=1)
 
@@ -206,7 +209,7 @@ def test_curate_end_to_end_on_a_real_model(arranged_model_dir, tmp_path, capsys)
     assert len(records) == len(rows)  # one line per prompt, kept or not
     assert [r["index"] for r in records] == list(range(len(rows)))
     assert [r["problem"] for r in records] == [row["problem"] for row in rows]
-    assert all(r["samples"] == 16 and r["pass_rate"] == r["correct"] / 16 for r in records)
+    assert all(r["samples"] == 16 and r["pass_rate"] == r["correct"] / 16 and r["task"] == "math" for r in records)
     rate = {r["problem"]: r["pass_rate"] for r in records}
     print(f"pass rates: {rate}")
     assert rate["What is 11+11?"] >= 0.75  # arranged: always right (a rare slip of sampling allowed)
