@@ -43,7 +43,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script: import the project's modules
 from data.problems import (PROMPT_TEMPLATES, TEMPLATE_STOP_STRINGS, _read_rows, default_template,  # noqa: E402
-                           format_prompt, load_problems)
+                           format_prompt, load_problems, task_template)
 from reward import grade_batch  # noqa: E402
 
 #### Reading: the problems as train.py sees them, and the input row behind each
@@ -95,12 +95,9 @@ def task_of(problem):
 
 
 def template_for(problem, template):
-    """The prompt template a problem is asked with: `template` for math, its code variant for code."""
-    if task_of(problem) == "code":
-        from data.problems import task_template  # only code problems need it
-
-        return task_template(template, "code")
-    return template
+    """The prompt template a problem is asked with: the style of `template` for the problem's task
+    ("simple" for math is "simple-code" for code)."""
+    return task_template(template, task_of(problem))
 
 
 def grade_responses(responses, problems):
@@ -237,7 +234,8 @@ def main(argv=None):
                         help="response length limit (use training's: a truncated response counts as wrong)")
     parser.add_argument("--limit", type=int, default=None, help="curate only the first N problems")
     parser.add_argument("--template", default=None, choices=sorted(PROMPT_TEMPLATES),
-                        help="prompt template (default: qwen-boxed for tokenizers with Qwen's chat tokens, else simple)")
+                        help="prompt template style (default: qwen-boxed for tokenizers with Qwen's chat tokens, "
+                             "else simple); code problems get its code variant")
     parser.add_argument("--rollout-engine", choices=["auto", "vllm", "hf"], default="auto")
     parser.add_argument("--batch-size", type=int, default=None,
                         help="prompts per generate call, one progress line each (default: 512 with vLLM, "
