@@ -4,6 +4,8 @@
     python evaluate.py --model RUN/final --data-dir ../shared/data/eval --output-dir RUN/eval \\
         --benchmarks gsm8k,math500,minerva_math,olympiadbench,aime24,amc23
     python evaluate.py ... --n 8 --temperature 1.0 --top-p 0.95     # avg@8 and unbiased pass@1,2,4,8
+    python evaluate.py --model RUN/final --data-dir ../shared/data/code --benchmarks humaneval,mbpp \\
+        --n 10 --temperature 0.8 --top-p 0.95                        # code: pass@1 and pass@10
     python evaluate.py plot runs/a runs/b --output dynamics.png        # training dynamics, runs overlaid
 
 Greedy decoding by default. train.py calls evaluate_accuracy() (and can call evaluate_benchmarks()) on
@@ -13,6 +15,12 @@ code path. The benchmark form writes, in --output-dir:
   results.md             the table: accuracy per benchmark and their average, response length,
                          truncation, boxed and reflection-keyword rates
   <name>.samples.jsonl   one line per response: problem, gold, response, pred, correct, ...
+
+Code problems (task "code": the humaneval and mbpp benchmarks, or a --data file of code problems, see
+data/problems.py) are asked with the code template of the same style (task_template: qwen-boxed ->
+qwen-code, simple -> simple-code) and graded by running their tests in reward_code.py's sandbox: a
+response is correct when its last ```python block passes every test, so accuracy is pass@1 and --n gives
+pass@k. For code, format_rate (the "format" column) is the share of responses with a code block.
 
 Every response is also measured for the training dynamics SimpleRL-Zoo looks at (dynamics_metrics):
 how often it uses reflection words ("wait", "recheck", ...), and how long correct and wrong answers are.
@@ -29,8 +37,10 @@ from pathlib import Path
 
 import torch
 
-from data.problems import PROMPT_TEMPLATES, TEMPLATE_STOP_STRINGS, default_template, format_prompt, load_problems
+from data.problems import (PROMPT_TEMPLATES, TEMPLATE_STOP_STRINGS, default_template, format_prompt, load_problems,
+                           task_template)
 from reward import extract_boxed, grade_batch
+from reward_code import grade_code_batch
 
 #### Benchmarks: where each file lies under --data-dir, and how the gold answer is taken
 #
@@ -66,7 +76,13 @@ def _gold_answer_field(row):
     return str(answer).strip()
 
 
-# name -> (file under --data-dir, how its gold answer is taken, problems in the full file)
+# Code benchmarks have no gold answer: their rows carry tests (data/problems.py reads them). They lie in
+# another directory than the math ones (../shared/data/code rather than ../shared/data/eval), so a code
+# evaluation gets its own --data-dir. MBPP is evaluated on its test split, task ids 11-510 (the MBPP
+# README), of the revised file, whose 974 reference solutions all pass their tests.
+MBPP_TEST_TASK_IDS = range(11, 511)
+
+# name -> (file under --data-dir, how its gold answer is taken (None: a code benchmark), problems)
 BENCHMARKS = {
     "gsm8k": ("gsm8k/test.jsonl", _gold_after_hashes, 1319),
     "math500": ("math500/test.jsonl", _gold_last_boxed, 500),
@@ -74,8 +90,12 @@ BENCHMARKS = {
     "olympiadbench": ("olympiadbench/test.jsonl", _gold_first_final_answer, 675),
     "aime24": ("aime24/test.jsonl", _gold_answer_field, 30),
     "amc23": ("amc23/test.jsonl", _gold_answer_field, 40),
+    "humaneval": ("humaneval/test.jsonl", None, 164),
+    "mbpp": ("mbpp/mbpp_revised.jsonl", None, len(MBPP_TEST_TASK_IDS)),
 }
-PAPER_BENCHMARKS = tuple(BENCHMARKS)  # the six benchmarks SimpleRL-Zoo reports ("all" on the command line)
+# The six benchmarks SimpleRL-Zoo reports ("all" on the command line)
+PAPER_BENCHMARKS = ("gsm8k", "math500", "minerva_math", "olympiadbench", "aime24", "amc23")
+CODE_BENCHMARKS = ("humaneval", "mbpp")
 
 
 def _question_of(row):
@@ -99,14 +119,29 @@ def benchmark_names(names):
     return list(names)
 
 
+def _load_code_benchmark(name, path, limit):
+    """A code benchmark's problems (task "code", with tests), in file order, MBPP kept to its test split."""
+    problems = load_problems(path, task="code", keep_fields=("task_id",))
+    if name == "mbpp":
+        problems = [p for p in problems if int(p["task_id"]) in MBPP_TEST_TASK_IDS]
+    problems = problems[:limit] if limit is not None else problems
+    return [dict(problem, index=index) for index, problem in enumerate(problems)]
+
+
 def load_benchmark(name, data_dir, limit=None):
     """The problems of one benchmark, in file order: a list of {"problem", "answer", "index"} dicts
-    ("index" is the row's position in the file). `limit` keeps the first N."""
+    ("index" is the row's position in the file; code benchmarks: in the evaluated split, and their
+    problems also carry "task": "code" and "tests"). `limit` keeps the first N."""
     relative_path, gold_of, _ = BENCHMARKS[benchmark_names([name])[0]]
     path = Path(data_dir) / relative_path
     if not path.exists():
+        if gold_of is None:
+            raise FileNotFoundError(f"{name}: {path} not found; for code benchmarks --data-dir must hold "
+                                    "humaneval/test.jsonl and mbpp/mbpp_revised.jsonl (../shared/data/code)")
         raise FileNotFoundError(f"{name}: {path} not found; --data-dir must hold <benchmark>/test.jsonl as "
                                 "simpleRL-reason's examples/simplelr_math_eval/data does")
+    if gold_of is None:
+        return _load_code_benchmark(name, path, limit)
     problems = []
     with open(path) as file:
         for line_number, line in enumerate(file, start=1):
@@ -243,43 +278,71 @@ def pass_k_values(n):
 #### Evaluation: generate, grade, summarize
 
 
+def _task_of(problem):
+    return problem.get("task") or "math"
+
+
 def generate_and_grade(engine, problems, template, max_new_tokens, temperature=0.0, top_p=1.0,
                        samples_per_problem=1, keywords=REFLECTION_KEYWORDS, batch_size=None):
     """samples_per_problem responses to each problem, graded: one record per response, grouped by problem.
 
+    `template` is the math template; code problems (task "code") are asked with task_template(template,
+    "code") and graded by reward_code.grade_code_batch (correct: every test passed), math ones by
+    reward.grade_batch. Each template is generated in its own calls, as its stop strings differ.
     batch_size: prompts per engine.generate call (None: all at once, which vLLM schedules itself; the
     transformers fallback pads each call to its longest prompt, so give it a small batch).
     A problem marked "prompt_too_long" (its prompt fills the model's whole context; see main) is not
     generated for: its responses are empty, wrong and truncated, so it still counts in n.
     """
-    to_generate = [p for p in problems if not p.get("prompt_too_long")]
-    prompts = [format_prompt(p["problem"], template) for p in to_generate]
-    generated = []
-    step = batch_size or max(len(prompts), 1)
-    for start in range(0, len(prompts), step):
-        generated += engine.generate(prompts[start:start + step], samples_per_prompt=samples_per_problem,
-                                     temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens,
-                                     stop=TEMPLATE_STOP_STRINGS[template])
-    generated = iter(generated)
+    by_template = {}  # prompt template -> indices of the problems asked with it
+    for index, problem in enumerate(problems):
+        if not problem.get("prompt_too_long"):
+            by_template.setdefault(task_template(template, _task_of(problem)), []).append(index)
+    samples = {}  # problem index -> its samples_per_problem samples
+    for prompt_template, indices in by_template.items():
+        prompts = [format_prompt(problems[index]["problem"], prompt_template) for index in indices]
+        generated = []
+        step = batch_size or max(len(prompts), 1)
+        for start in range(0, len(prompts), step):
+            generated += engine.generate(prompts[start:start + step], samples_per_prompt=samples_per_problem,
+                                         temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens,
+                                         stop=TEMPLATE_STOP_STRINGS[prompt_template])
+        for position, index in enumerate(indices):
+            samples[index] = generated[position * samples_per_problem:(position + 1) * samples_per_problem]
     responses = []  # (text, finish reason, length in tokens), samples_per_problem per problem, in order
-    for problem in problems:
-        for _ in range(samples_per_problem):
-            if problem.get("prompt_too_long"):
+    for index, problem in enumerate(problems):
+        for sample in samples.get(index, [None] * samples_per_problem):
+            if sample is None:  # prompt_too_long
                 responses.append(("", "length", 0))
             else:
-                sample = next(generated)
                 responses.append((sample.response_text, sample.finish_reason, len(sample.response_token_ids)))
-    golds = [problems[row // samples_per_problem]["answer"] for row in range(len(responses))]
-    graded = grade_batch([text for text, _, _ in responses], golds)
+    rows_of = {"math": [], "code": []}  # response rows of each task
+    for row in range(len(responses)):
+        rows_of[_task_of(problems[row // samples_per_problem])].append(row)
+    graded = {}  # row -> (pred, correct, extra record fields)
+    if rows_of["math"]:
+        math_rows = rows_of["math"]
+        result = grade_batch([responses[row][0] for row in math_rows],
+                             [problems[row // samples_per_problem]["answer"] for row in math_rows])
+        for row, pred, correct in zip(math_rows, result["pred"], result["correct"]):
+            graded[row] = (pred, correct, {})
+    if rows_of["code"]:
+        code_rows = rows_of["code"]
+        result = grade_code_batch([responses[row][0] for row in code_rows],
+                                  [problems[row // samples_per_problem]["tests"] for row in code_rows])
+        for position, row in enumerate(code_rows):
+            graded[row] = (result["pred"][position], result["correct"][position],
+                           {"task": "code", "passed": result["passed"][position], "total": result["total"][position],
+                            "timeout": result["timeouts"][position]})
     records = []
-    for row, ((text, finish_reason, length), pred, correct) in enumerate(zip(responses, graded["pred"],
-                                                                              graded["correct"])):
+    for row, (text, finish_reason, length) in enumerate(responses):
         problem = problems[row // samples_per_problem]
+        pred, correct, extra = graded[row]
         records.append({
             "index": problem.get("index", row // samples_per_problem), "sample": row % samples_per_problem,
             "problem": problem["problem"], "gold": problem["answer"], "response": text, "pred": pred,
             "correct": correct, "finish_reason": finish_reason, "response_length": length,
-            "reflection_keywords": count_keywords(text, keywords),
+            "reflection_keywords": count_keywords(text, keywords), **extra,
         })
         if problem.get("prompt_too_long"):
             records[-1]["prompt_too_long"] = True
@@ -291,7 +354,7 @@ def summarize(records, samples_per_problem=1, keywords=REFLECTION_KEYWORDS):
 
       accuracy              share of correct responses (with k samples per problem: avg@k)
       n                     problems
-      format_rate           share with a boxed answer
+      format_rate           share with a boxed answer (code: with a ```python block)
       truncated_rate        share cut off at max_new_tokens
       response_length_mean  tokens per response
       + dynamics_metrics    reflection_rate, response_length_correct_mean, ...
@@ -370,7 +433,7 @@ def results_table(summaries):
     if k > 1:
         columns.append((f"pass@{k} %", f"pass@{k}", 100, 1))
     columns += [("response length", "response_length_mean", 1, 0), ("truncated %", "truncated_rate", 100, 1),
-                ("boxed %", "format_rate", 100, 1), ("reflection %", "reflection_rate", 100, 1)]
+                ("boxed/code block %", "format_rate", 100, 1), ("reflection %", "reflection_rate", 100, 1)]
     header = ["benchmark", "n"] + [title for title, *_ in columns]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for name, summary in summaries.items():
@@ -591,7 +654,9 @@ def main(argv=None):
     source.add_argument("--data", help="one problem file: .jsonl, .json, .parquet or a hub dataset id")
     source.add_argument("--benchmarks", help=f"comma-separated benchmarks from {', '.join(BENCHMARKS)}, or all")
     parser.add_argument("--data-dir", help="with --benchmarks: the directory holding <benchmark>/test.jsonl "
-                                           "(simpleRL-reason's examples/simplelr_math_eval/data)")
+                                           "(simpleRL-reason's examples/simplelr_math_eval/data); for humaneval "
+                                           "and mbpp the directory holding humaneval/test.jsonl and "
+                                           "mbpp/mbpp_revised.jsonl (../shared/data/code)")
     parser.add_argument("--output", help="with --data: write the summary JSON here (per-sample records beside it)")
     parser.add_argument("--output-dir", help="with --benchmarks: where results.json, results.md and "
                                              "<name>.samples.jsonl go (default: runs/eval/<model>)")
@@ -638,7 +703,8 @@ def main(argv=None):
     longest_prompt = 0
     for name, problems in benchmarks.items():
         for problem in problems:
-            prompt_length = len(tokenizer(format_prompt(problem["problem"], template))["input_ids"])
+            prompt = format_prompt(problem["problem"], task_template(template, _task_of(problem)))
+            prompt_length = len(tokenizer(prompt)["input_ids"])
             if prompt_length >= context_length:
                 problem["prompt_too_long"] = True
             else:
@@ -656,7 +722,7 @@ def main(argv=None):
         summary, records = evaluate_accuracy(engine, benchmarks["data"], template, args.max_new_tokens,
                                              args.temperature, args.top_p, **options)
         print(f"accuracy {summary['accuracy']:.4f} on {summary['n']} problems "
-              f"(boxed {summary['format_rate']:.3f}, truncated {summary['truncated_rate']:.3f}, "
+              f"(boxed or code block {summary['format_rate']:.3f}, truncated {summary['truncated_rate']:.3f}, "
               f"reflection {summary['reflection_rate']:.3f})")
         if args.output:
             output = Path(args.output)
