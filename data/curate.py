@@ -28,10 +28,11 @@ It writes:
                           task, problem, pass_rate, correct, samples, kept
 and prints a summary: prompts kept, always solved, never solved, and a histogram of the pass rates.
 
-Math problems are graded against their gold answer by reward.grade_batch. A code problem ("task": "code",
-as load_problems marks them) is prompted with the code template of the same style
-(data.problems.task_template) and graded by running its tests with reward_code.grade_code_batch, which
-is imported only when a code problem is present. A problem without a "task" key is math.
+Responses are generated and graded by evaluate.generate_and_grade, as in training's held-out
+evaluation: math problems against their gold answer (reward.grade_batch); code problems ("task": "code",
+as load_problems marks them) are asked with the code template of the same style
+(data.problems.task_template) and graded by running their tests (reward_code.grade_code_batch). A
+problem without a "task" key is math.
 """
 
 import argparse
@@ -42,9 +43,8 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script: import the project's modules
-from data.problems import (PROMPT_TEMPLATES, TEMPLATE_STOP_STRINGS, _read_rows, default_template,  # noqa: E402
-                           format_prompt, load_problems, task_template)
-from reward import grade_batch  # noqa: E402
+from data.problems import (PROMPT_TEMPLATES, _read_rows, default_template, format_prompt,  # noqa: E402
+                           load_problems, task_template)
 
 #### Reading: the problems as train.py sees them, and the input row behind each
 
@@ -83,42 +83,12 @@ def load_rows_and_problems(source, limit=None):
     return rows, problems, indices
 
 
-#### Grading: math against the gold answer, code against its tests
+#### Pass rates
 
 
 def task_of(problem):
     """"math" or "code"; a problem without a "task" key is math (every problem file before code support)."""
-    task = problem.get("task") or "math"
-    if task not in ("math", "code"):
-        raise ValueError(f"unknown task {task!r} (expected math or code) for problem {problem['problem'][:80]!r}")
-    return task
-
-
-def template_for(problem, template):
-    """The prompt template a problem is asked with: the style of `template` for the problem's task
-    ("simple" for math is "simple-code" for code)."""
-    return task_template(template, task_of(problem))
-
-
-def grade_responses(responses, problems):
-    """One correct flag per response; problems[i] is the problem responses[i] answers."""
-    correct = [False] * len(responses)
-    math_rows = [row for row, problem in enumerate(problems) if task_of(problem) == "math"]
-    code_rows = [row for row, problem in enumerate(problems) if task_of(problem) == "code"]
-    if math_rows:
-        graded = grade_batch([responses[row] for row in math_rows], [problems[row]["answer"] for row in math_rows])
-        for row, ok in zip(math_rows, graded["correct"]):
-            correct[row] = bool(ok)
-    if code_rows:
-        from reward_code import grade_code_batch  # only code problems need it (and its sandbox)
-
-        graded = grade_code_batch([responses[row] for row in code_rows], [problems[row]["tests"] for row in code_rows])
-        for row, ok in zip(code_rows, graded["correct"]):
-            correct[row] = bool(ok)
-    return correct
-
-
-#### Pass rates
+    return problem.get("task") or "math"
 
 
 def count_correct(engine, problems, template, *, samples_per_prompt, temperature=1.0, top_p=1.0,
@@ -126,36 +96,29 @@ def count_correct(engine, problems, template, *, samples_per_prompt, temperature
     """How many of samples_per_prompt sampled responses to each problem are correct: a list of ints, in
     the order of `problems`.
 
-    batch_size: prompts per engine.generate call (None: all at once). Smaller batches give a progress line
-    each (progress=True, to stderr) and bound the transformers fallback's padding. Prompts asked with
-    different templates (math and code) go in separate calls, since each template has its own stop strings.
-    A problem marked "prompt_too_long" (its prompt fills the model's context; see main) is not generated
-    for and counts as never solved.
+    Generating and grading is evaluate.generate_and_grade, the code path of training's held-out
+    evaluation: math problems graded against their gold answer, code problems asked with the code
+    template of `template`'s style and graded on their tests. A problem marked "prompt_too_long" (its
+    prompt fills the model's context; see main) is not generated for and counts as never solved.
+    batch_size: problems per generate_and_grade call (None: all at once). Smaller batches give a
+    progress line each (progress=True, to stderr), hold fewer responses in memory at a time, and bound
+    the transformers fallback's padding.
     """
-    counts = [0] * len(problems)
-    by_template = {}  # template name -> indices of the problems asked with it
-    for index, problem in enumerate(problems):
-        if not problem.get("prompt_too_long"):
-            by_template.setdefault(template_for(problem, template), []).append(index)
+    from evaluate import generate_and_grade  # imports torch and the code grader; the filter needs neither
+
+    counts = []
     step = batch_size or max(len(problems), 1)
-    batches = [(name, indices[start:start + step])
-               for name, indices in by_template.items() for start in range(0, len(indices), step)]
-    total = sum(len(indices) for _, indices in batches)
-    done, solved, started = 0, 0, time.time()
-    for number, (name, indices) in enumerate(batches, start=1):
-        samples = engine.generate([format_prompt(problems[i]["problem"], name) for i in indices],
-                                  samples_per_prompt=samples_per_prompt, temperature=temperature, top_p=top_p,
-                                  max_new_tokens=max_new_tokens, stop=TEMPLATE_STOP_STRINGS[name])
-        # The engine returns the samples grouped by prompt: prompt j's are j * k ... (j + 1) * k - 1.
-        correct = grade_responses([sample.response_text for sample in samples],
-                                  [problems[i] for i in indices for _ in range(samples_per_prompt)])
-        for position, index in enumerate(indices):
-            counts[index] = sum(correct[position * samples_per_prompt:(position + 1) * samples_per_prompt])
-        done += len(indices)
-        solved += sum(correct)
+    batches = [problems[start:start + step] for start in range(0, len(problems), step)]
+    started = time.time()
+    for number, batch in enumerate(batches, start=1):
+        records = generate_and_grade(engine, batch, template, max_new_tokens, temperature, top_p,
+                                     samples_per_problem=samples_per_prompt)
+        # One record per response, grouped by problem: problem j's are j * k ... (j + 1) * k - 1.
+        k = samples_per_prompt
+        counts += [sum(bool(record["correct"]) for record in records[j * k:(j + 1) * k]) for j in range(len(batch))]
         if progress:
-            print(f"batch {number}/{len(batches)}: {done}/{total} prompts, "
-                  f"{solved / (done * samples_per_prompt):.3f} of responses correct so far "
+            print(f"batch {number}/{len(batches)}: {len(counts)}/{len(problems)} prompts, "
+                  f"{sum(counts) / (len(counts) * samples_per_prompt):.3f} of responses correct so far "
                   f"({time.time() - started:.0f}s)", file=sys.stderr, flush=True)
     return counts
 
@@ -263,7 +226,7 @@ def main(argv=None):
     # As evaluate.py does: prompt + response must fit in the model's context. A prompt that fills it is
     # not generated for and counts as never solved (train.py would skip it anyway).
     context_length = model_context_length(args.model) or float("inf")
-    prompt_lengths = [len(tokenizer(format_prompt(p["problem"], template_for(p, template)))["input_ids"])
+    prompt_lengths = [len(tokenizer(format_prompt(p["problem"], task_template(template, task_of(p))))["input_ids"])
                       for p in problems]
     longest_prompt = 0
     for problem, length in zip(problems, prompt_lengths):

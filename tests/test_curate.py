@@ -89,7 +89,7 @@ def test_count_correct_counts_per_prompt_across_batches_and_skips_prompts_too_lo
                              "p2": [boxed(7)] * 4, "p3": [boxed(4)] * 4, "p4": [boxed(5), "x", "y", "z"]})
     counts = count_correct(engine, problems, "simple", samples_per_prompt=4, batch_size=2, progress=False)
     assert counts == [4, 2, 0, 0, 1]  # p3 is never generated for: its prompt does not fit
-    assert [len(call["prompts"]) for call in engine.calls] == [2, 2]  # p0 p1 | p2 p4
+    assert [len(call["prompts"]) for call in engine.calls] == [2, 1, 1]  # p0 p1 | p2 (p3 too long) | p4
     assert all(call["stop"] == data.problems.TEMPLATE_STOP_STRINGS["simple"] for call in engine.calls)
     rates = pass_rates(ScriptedEngine(engine.script), problems, "simple", samples_per_prompt=4)
     assert rates == [1.0, 0.5, 0.0, 0.0, 0.25]
