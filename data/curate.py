@@ -36,6 +36,8 @@ problem without a "task" key is math.
 """
 
 import argparse
+import contextlib
+import io
 import json
 import math
 import sys
@@ -50,9 +52,9 @@ from data.problems import (PROMPT_TEMPLATES, _read_rows, default_template, forma
 
 
 def _same_value(first, second):
-    """Equal as JSON (so that a NaN read from parquet equals itself)."""
-    return first == second or json.dumps(first, sort_keys=True, default=str) == json.dumps(second, sort_keys=True,
-                                                                                             default=str)
+    """Equal, or equal as JSON (so that a NaN read from parquet equals itself)."""
+    as_json = lambda value: json.dumps(value, sort_keys=True, default=str)  # noqa: E731
+    return first == second or as_json(first) == as_json(second)
 
 
 def load_rows_and_problems(source, limit=None):
@@ -69,7 +71,8 @@ def load_rows_and_problems(source, limit=None):
     raw_rows = [row for _, row in _read_rows(str(source))]
     problems = load_problems(source, limit=limit)
     all_fields = sorted({name for row in raw_rows if isinstance(row, dict) for name in row})
-    copies = load_problems(source, limit=limit, keep_fields=all_fields)
+    with contextlib.redirect_stdout(io.StringIO()):  # its report of skipped rows was printed by the first load
+        copies = load_problems(source, limit=limit, keep_fields=all_fields)
     rows, indices, position = [], [], 0
     for copy in copies:
         while position < len(raw_rows) and not all(_same_value(value, copy.get(name))
