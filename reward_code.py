@@ -356,6 +356,23 @@ def _processes_of_this_user():
     return count
 
 
+def _wait_until_no_process_of(uid, patience_s=5.0):
+    """After a SIGKILL the kernel tears the PID namespace down in the background: wait for it."""
+    deadline = time.monotonic() + patience_s
+    while time.monotonic() < deadline:
+        alive = False
+        for entry in os.listdir("/proc"):
+            try:
+                alive = entry.isdigit() and os.stat(f"/proc/{entry}").st_uid == uid
+            except OSError:
+                continue
+            if alive:
+                break
+        if not alive:
+            return
+        time.sleep(0.01)
+
+
 #### Running one program
 
 def _sandbox_environment(directory):
@@ -381,7 +398,7 @@ def _run_sandboxed(*, program, mode, tests=None, stdin="", python, unshare_prefi
     directory = tempfile.mkdtemp(prefix="zerorl-sandbox-")
     token = secrets.token_hex(16)
     result_read, result_write = os.pipe()
-    process = None
+    process, timed_out, overflow = None, False, False
     try:
         with open(os.path.join(directory, "solution.py"), "w") as file:
             file.write(program)
@@ -414,6 +431,8 @@ def _run_sandboxed(*, program, mode, tests=None, stdin="", python, unshare_prefi
             except ProcessLookupError:
                 pass
             process.wait()
+            if uid is not None and (timed_out or overflow):
+                _wait_until_no_process_of(uid)  # killed: the next program of this uid starts from zero
         for fd in (result_read, result_write):
             if fd is not None:
                 os.close(fd)
