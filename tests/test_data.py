@@ -83,3 +83,60 @@ def test_a_hub_dataset_id_is_not_mistaken_for_a_missing_file(tmp_path):
         pytest.skip("datasets is installed; loading from the hub needs network access")
     with pytest.raises(FileNotFoundError):
         load_problems("missing/file.jsonl")
+
+
+#### Code problems
+
+@pytest.mark.parametrize("relative_path, count, kind", [
+    ("code/humaneval/test.jsonl", 164, "function_check"),
+    ("code/mbpp/mbpp_revised.jsonl", 974, "assert"),
+    ("code/mapcoder/APPS/selected150.jsonl", 49, "stdio"),  # 52 stdio rows, 49 distinct ids; call-based skipped
+    ("code/mapcoder/xCodeEval/prog_syn_val.jsonl", 106, "stdio"),
+])
+def test_code_loaders_over_the_shared_files(relative_path, count, kind):
+    problems = load_problems(shared_data(*relative_path.split("/")))
+    assert len(problems) == count
+    assert all(p["task"] == "code" and p["answer"] is None and p["tests"]["kind"] == kind for p in problems)
+    assert json.loads(json.dumps([p["tests"] for p in problems])) == [p["tests"] for p in problems]
+    if kind == "stdio":  # the loader, not the template, says how the program gets its input
+        assert all("standard input" in p["problem"] for p in problems)
+
+
+def test_mbpp_problem_text_shows_the_first_assert():
+    first = load_problems(shared_data("code", "mbpp", "mbpp_revised.jsonl"), limit=1)[0]
+    assert "assert min_cost([[1, 2, 3], [4, 8, 2], [1, 5, 3]], 2, 2) == 8" in first["problem"]
+    assert first["tests"]["asserts"][0] in first["problem"] and len(first["tests"]["asserts"]) == 3
+
+
+def test_task_detection_and_forcing(tmp_path):
+    math_rows = load_problems(shared_data("eval", "math500", "test.jsonl"), limit=2)
+    assert [p["task"] for p in math_rows] == ["math", "math"]
+    ours = tmp_path / "ours.jsonl"
+    ours.write_text(json.dumps({"problem": "Print the sum of two numbers.",
+                                "tests": {"kind": "stdio", "cases": [{"input": "1 2", "output": "3"}]}}) + "\n"
+                    + json.dumps({"problem": "1+1?", "answer": "2"}) + "\n")
+    mixed = load_problems(ours)
+    assert [p["task"] for p in mixed] == ["code", "math"]
+    assert "standard input" in mixed[0]["problem"]  # a stdio problem says so
+    with pytest.raises(ValueError, match=r"ours.jsonl:2: not a code problem"):
+        load_problems(ours, task="code")
+    with pytest.raises(ValueError, match=r"ours.jsonl:1: this is a code problem"):
+        load_problems(ours, task="math")
+    with pytest.raises(ValueError, match="unknown task"):
+        load_problems(ours, task="poetry")
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(json.dumps({"problem": "x", "tests": {"kind": "magic"}}) + "\n")
+    with pytest.raises(ValueError, match=r"bad.jsonl:1: tests.kind must be one of"):
+        load_problems(bad)
+
+
+def test_code_templates():
+    from data.problems import PROMPT_TEMPLATES, TEMPLATE_STOP_STRINGS, task_template
+
+    assert task_template("qwen-boxed", "code") == "qwen-code" and task_template("simple", "code") == "simple-code"
+    assert task_template("qwen-boxed", "math") == "qwen-boxed" and task_template("qwen-code", "math") == "qwen-boxed"
+    assert task_template("simple-code", "code") == "simple-code"
+    assert set(TEMPLATE_STOP_STRINGS) == set(PROMPT_TEMPLATES)
+    prompt = format_prompt("Reverse a string.", "qwen-code")
+    assert "Reverse a string.\nWrite your solution in Python, in a single ```python code block." in prompt
+    assert prompt.endswith("<|im_start|>assistant\n")
