@@ -190,6 +190,42 @@ def test_benchmarks_are_generated_together_and_summarized_apart():
     assert "| easy | 1 | 100.0 |" in table and "| **average** | 3 | 50.0 |" in table
 
 
+def test_code_benchmarks_load_from_the_code_directory():
+    data_dir = shared_data("code")
+    humaneval, mbpp = load_benchmark("humaneval", data_dir), load_benchmark("mbpp", data_dir)
+    assert len(humaneval) == BENCHMARKS["humaneval"][2] == 164
+    assert len(mbpp) == BENCHMARKS["mbpp"][2] == 500  # the test split, task ids 11-510
+    assert [p["task_id"] for p in mbpp[:2]] == [11, 12] and mbpp[-1]["task_id"] == 510
+    assert [p["index"] for p in mbpp] == list(range(500)) and all(p["task"] == "code" for p in mbpp)
+    assert len(load_benchmark("mbpp", data_dir, limit=3)) == 3
+    with pytest.raises(FileNotFoundError, match="for code benchmarks --data-dir must hold"):
+        load_benchmark("humaneval", shared_data("eval"))
+
+
+def test_code_and_math_problems_are_asked_and_graded_each_their_way():
+    tests = {"kind": "assert", "setup": "", "asserts": ["assert double(2) == 4", "assert double(0) == 0"]}
+    problems = [{"problem": "What is 1+1?", "answer": "2"},
+                {"problem": "Write double(x).", "answer": None, "task": "code", "tests": tests}]
+    prompts = []
+
+    def script(prompt, sample):  # the code problem: right once, wrong once, no code block twice
+        prompts.append(prompt)
+        if "double" not in prompt:
+            return "\\boxed{2}"
+        return ["```python\ndef double(x):\n    return 2 * x\n```", "```python\ndef double(x):\n    return x + 2\n```",
+                "I would write a function.", "no code..."][sample]
+
+    engine = ScriptedEngine(script)
+    summary, records = evaluate_accuracy(engine, problems, "simple", 16, temperature=1.0, samples_per_problem=4)
+    assert engine.calls == [1, 1]  # one call per template (their stop strings differ)
+    assert any(p.endswith("Write double(x).\nWrite your solution in Python, in a single ```python code block.\n"
+                          "Answer:\nLet's think step by step.\n") for p in prompts)
+    assert [r["correct"] for r in records] == [True] * 4 + [True, False, False, False]
+    assert [r.get("passed") for r in records[4:]] == [2, 1, 0, 0] and records[4]["task"] == "code"
+    assert summary["pass@4"] == 1.0 and summary["accuracy"] == pytest.approx(5 / 8)
+    assert summary["format_rate"] == pytest.approx(6 / 8)  # boxed answers, and code blocks for code
+
+
 #### The command line, on the tiny model with the transformers fallback (no vLLM start-up)
 
 
