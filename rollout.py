@@ -9,7 +9,9 @@ Two engines with the same three methods (generate, sync_weights, sleep/wake_up):
               slow, but the same outputs, so every other part of the loop runs unchanged.
 
 generate() returns one Sample per response, grouped by prompt: the samples_per_prompt responses to
-prompt i are samples[i * samples_per_prompt : (i + 1) * samples_per_prompt].
+prompt i are samples[i * samples_per_prompt : (i + 1) * samples_per_prompt]. With a seed, the samples
+depend only on (weights, prompts, seed), not on what was generated before: train.py passes a seed per
+step, which is what lets a resumed run sample exactly what the uninterrupted run would have.
 """
 
 import os
@@ -46,7 +48,11 @@ class VLLMEngine:
     def __init__(self, model_path, dtype, seed, max_model_len, memory_utilization, enable_sleep):
         from vllm import LLM
 
+        # Under torchrun each rank holds its own engine on its own GPU; the external launcher makes vLLM
+        # take its device and rank from torchrun's environment (as TRL's colocate mode does).
+        under_torchrun = int(os.environ.get("WORLD_SIZE", "1")) > 1
         self.llm = LLM(
+            distributed_executor_backend="external_launcher" if under_torchrun else None,
             model=model_path,
             dtype=dtype,
             seed=seed,
@@ -60,17 +66,19 @@ class VLLMEngine:
         )
         self.asleep = False
 
-    def generate(self, prompts, samples_per_prompt, temperature, top_p, max_new_tokens, stop):
+    def generate(self, prompts, samples_per_prompt, temperature, top_p, max_new_tokens, stop, seed=None):
         from vllm import SamplingParams
 
         # vLLM matches stop strings in the text decoded without special tokens, so a stop string that is
         # a special token (Qwen's <|im_end|>) would never match: stop on its token id instead.
         vocabulary = self.llm.get_tokenizer().get_vocab()
-        params = SamplingParams(
+        params = [SamplingParams(
             n=samples_per_prompt, temperature=temperature, top_p=top_p, max_tokens=max_new_tokens,
             stop=stop or None, stop_token_ids=[vocabulary[s] for s in stop or () if s in vocabulary] or None,
             logprobs=0,  # logprobs=0: only the sampled token's log-prob
-        )
+            # A per-request seed (vLLM gives the j-th of the n samples seed + j): distinct for every sample.
+            seed=None if seed is None else seed + index * samples_per_prompt,
+        ) for index in range(len(prompts))]
         outputs = self.llm.generate(prompts, params, use_tqdm=False)
         samples = []
         for prompt_index, output in enumerate(outputs):
@@ -116,9 +124,11 @@ class HFEngine:
         self.model, self.tokenizer = model, tokenizer
 
     @torch.no_grad()
-    def generate(self, prompts, samples_per_prompt, temperature, top_p, max_new_tokens, stop):
+    def generate(self, prompts, samples_per_prompt, temperature, top_p, max_new_tokens, stop, seed=None):
         from ppo import response_logprobs_and_entropy
 
+        if seed is not None:
+            torch.manual_seed(seed)  # generate samples from the global generator
         tokenizer, model = self.tokenizer, self.model
         was_training = model.training
         model.eval()

@@ -22,7 +22,10 @@ Every field of Config is a command-line flag (python train.py --help). Fields wh
 
 import dataclasses
 import json
+import os
 import random
+import shutil
+import signal
 import sys
 import time
 from dataclasses import dataclass, field
@@ -36,6 +39,10 @@ from tqdm import tqdm
 
 def flag(default, help, choices=None):
     return field(default=default, metadata={"help": help, "choices": choices})
+
+
+# The fields a stage of --stages may set; every other field holds for the whole run.
+STAGE_FIELDS = ("train_data", "task", "max_steps", "max_new_tokens", "temperature", "min_level", "max_level")
 
 
 @dataclass
@@ -53,6 +60,16 @@ class Config:
     min_level: int = flag(None, "keep only problems of at least this difficulty level (where rows have one)")
     max_level: int = flag(None, "keep only problems of at most this difficulty level")
     max_prompt_len: int = flag(1024, "prompts longer than this many tokens are skipped (and counted)")
+    task: str = flag("auto", "how responses are graded: math (the boxed answer against the gold one) or code "
+                             "(the last ```python block against the tests, in the sandbox); auto: from the "
+                             "data's fields", choices=["auto", "math", "code"])
+    stages: str = flag("", "run as a sequence of stages, each with its own data, steps, response length and "
+                           "temperature (AceReason: math then code; a length curriculum): a .json file holding a "
+                           "list of {field: value}, or inline 'train_data=A,max_steps=100;train_data=B,"
+                           f"max_new_tokens=16384'; fields: {', '.join(STAGE_FIELDS)}. A field a stage leaves out "
+                           "takes its flag's value ('': one stage, the flags)")
+    drop_solved_prompts: bool = flag(False, "leave prompts whose samples were all correct out of the later epochs "
+                                            "(AceReason's on-line filtering of prompts the policy has mastered)")
 
     # Supervised warm-up before RL (SimpleRL's setting; SimpleRL-Zero skips it)
     sft_data: str = flag("", "(prompt, worked answer) pairs for a supervised warm-up before RL: .jsonl/.parquet "
@@ -75,6 +92,8 @@ class Config:
     vllm_sleep: bool = flag(False, "put the engine to sleep (free its KV cache) during the update; GPU only")
 
     # Reward and advantages
+    code_partial_credit: bool = flag(False, "code tasks: reward the fraction of tests passed instead of 1 only "
+                                            "when all pass")
     reward_scheme: str = flag("correct", "correct: 1/0 (SimpleRL-Zoo); simplerl: +1 right, -0.5 wrong, -1 no "
                                          "box (SimpleRL blog); format: 1 right, 0 wrong, -1 badly formatted "
                                          "(no box, or boxes that disagree)", choices=["correct", "simplerl", "format"])
@@ -136,6 +155,10 @@ class Config:
     report_to: str = flag("none", "also send metrics to tensorboard (OUTPUT_DIR/tensorboard), wandb, or both "
                                   "('tensorboard,wandb'); needs that package installed")
     log_samples: int = flag(4, "responses per step written to samples.jsonl")
+    save_every: int = flag(50, "write a checkpoint every N steps, and at the end (0: only final/)")
+    keep_checkpoints: int = flag(2, "keep the newest N checkpoints in OUTPUT_DIR/checkpoints")
+    resume: bool = flag(None, "continue from the newest checkpoint in --output-dir; auto: when it holds one of "
+                              "this same run; --no-resume: refuse to start over a run that has checkpoints")
     seed: int = flag(0, "seed for prompt order, sampling and initialization")
 
 
@@ -165,8 +188,8 @@ def parse_config(argv=None):
     return Config(**vars(parser.parse_args(argv)))
 
 
-def resolve_auto(config, on_gpu):
-    """Fill the fields left at None from GPU_DEFAULTS or CPU_DEFAULTS; check the rest."""
+def resolve_auto(config, on_gpu, world_size=1):
+    """Fill the fields left at None from GPU_DEFAULTS or CPU_DEFAULTS; stop on contradictory flags."""
     defaults = GPU_DEFAULTS if on_gpu else CPU_DEFAULTS
     for name, value in defaults.items():
         if getattr(config, name) is None:
@@ -185,6 +208,20 @@ def resolve_auto(config, on_gpu):
         sys.exit("--sft-steps needs --sft-data")
     if config.eval_benchmarks and not config.eval_data_dir:
         sys.exit("--eval-benchmarks needs --eval-data-dir")
+    if config.prompts_per_step % world_size:
+        sys.exit(f"--prompts-per-step {config.prompts_per_step} does not split evenly over {world_size} ranks")
+    if config.clip_ratio_high is not None and config.clip_ratio_high < config.clip_ratio:
+        sys.exit(f"--clip-ratio-high {config.clip_ratio_high} is below --clip-ratio {config.clip_ratio}")
+    if config.dual_clip is not None and config.dual_clip <= 1:
+        sys.exit(f"--dual-clip must be above 1 (got {config.dual_clip}): it bounds the loss at c * |advantage|")
+    if config.kl_in_reward and config.kl_coef <= 0:
+        sys.exit("--kl-in-reward needs --kl-coef above 0")
+    if config.tis_cap is not None and config.tis_cap <= 0:
+        sys.exit(f"--tis-cap must be positive (got {config.tis_cap})")
+    if config.temperature <= 0:
+        sys.exit("--temperature must be above 0 for rollouts: PPO needs the sampling distribution's log-probs")
+    if config.keep_checkpoints < 1:
+        sys.exit("--keep-checkpoints must be at least 1")
     if config.vllm_sleep and not on_gpu:
         print("note: --vllm-sleep has no effect without a GPU; ignored")
         config.vllm_sleep = False
@@ -225,7 +262,7 @@ def load_critic(path, device, gradient_checkpointing=False):
 @torch.no_grad()
 def batched_forward(per_token_fn, sequences, prompt_lengths, micro_batch_size, autocast_dtype, device):
     """per_token_fn(sequences, prompt_lengths) -> [b, r], run micro-batch by micro-batch into one [B, R]."""
-    width = max(len(s) - p for s, p in zip(sequences, prompt_lengths))
+    width = max((len(s) - p for s, p in zip(sequences, prompt_lengths)), default=0)
     out = torch.zeros(len(sequences), width)
     for start in range(0, len(sequences), micro_batch_size):
         end = start + micro_batch_size
@@ -235,15 +272,178 @@ def batched_forward(per_token_fn, sequences, prompt_lengths, micro_batch_size, a
     return out
 
 
-def prompt_stream(problems, prompts_per_step, seed):
-    """Endless batches of problems: each epoch a fresh shuffle, batches never straddle two epochs."""
-    epoch = 0
-    while True:
-        order = list(range(len(problems)))
+def next_prompt_batch(data_state, num_problems, prompts_per_step, seed):
+    """The next prompts_per_step problem indices. Each epoch is a fresh shuffle (seeded by the epoch) of the
+    problems not yet marked solved; a batch never straddles two epochs. All position is in data_state
+    (epoch, order, position, solved), which checkpoints save: a resumed run takes the same batches."""
+    order = data_state.get("order")
+    if order is None or data_state["position"] + prompts_per_step > len(order):
+        epoch = data_state["epoch"] + (order is not None)
+        order = [index for index in range(num_problems) if index not in data_state["solved"]]
         random.Random(seed + epoch).shuffle(order)
-        for start in range(0, len(order) - prompts_per_step + 1, prompts_per_step):
-            yield [problems[i] for i in order[start:start + prompts_per_step]]
-        epoch += 1
+        if len(order) < prompts_per_step:
+            sys.exit(f"only {len(order)} unsolved training problems left, fewer than --prompts-per-step "
+                     f"{prompts_per_step} (--drop-solved-prompts)")
+        data_state.update(epoch=epoch, order=order, position=0)
+    batch = order[data_state["position"]:data_state["position"] + prompts_per_step]
+    data_state["position"] += prompts_per_step
+    return batch
+
+
+def new_data_state():
+    return {"epoch": 0, "order": None, "position": 0, "solved": set()}
+
+
+def parse_stages(config):
+    """The run as a list of stages, each a dict of STAGE_FIELDS. Without --stages: one stage, the flags."""
+    flags = {name: getattr(config, name) for name in STAGE_FIELDS}
+    if not config.stages:
+        return [flags]
+    if config.stages.endswith(".json"):
+        if not Path(config.stages).exists():
+            sys.exit(f"--stages {config.stages}: no such file")
+        specs = json.loads(Path(config.stages).read_text())
+    else:
+        specs = [dict(item.strip().split("=", 1) for item in part.split(",") if item.strip())
+                 for part in config.stages.split(";") if part.strip()]
+    if not isinstance(specs, list) or not specs:
+        sys.exit(f"--stages {config.stages!r}: expected a non-empty list of stages")
+    kinds = {f.name: f.type for f in dataclasses.fields(Config)}
+    stages = []
+    for number, spec in enumerate(specs, 1):
+        unknown = sorted(set(spec) - set(STAGE_FIELDS))
+        if unknown:
+            sys.exit(f"--stages: stage {number} sets {', '.join(unknown)}; a stage may set {', '.join(STAGE_FIELDS)}")
+        stage = dict(flags)
+        for name, value in spec.items():
+            stage[name] = kinds[name](value) if isinstance(value, str) else value
+        stages.append(stage)
+    return stages
+
+
+def stage_at(stages, step):
+    """(stage number, stage) that global step `step` (1-based) falls in."""
+    end = 0
+    for number, stage in enumerate(stages):
+        end += stage["max_steps"]
+        if step <= end:
+            return number, stage
+    return len(stages) - 1, stages[-1]
+
+
+#### Data parallel: one process per GPU under torchrun (a single process needs nothing)
+
+
+def init_distributed(on_gpu):
+    """(rank, world_size, device). torchrun sets RANK, WORLD_SIZE and LOCAL_RANK; nccl on GPUs, gloo on CPUs."""
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    rank, local_rank = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
+    if world_size > 1:
+        if on_gpu:
+            torch.cuda.set_device(local_rank)
+        torch.distributed.init_process_group("nccl" if on_gpu else "gloo")
+    return rank, world_size, torch.device(f"cuda:{local_rank}" if on_gpu else "cpu")
+
+
+def gather_lists(items, world_size):
+    """Every rank's list, concatenated in rank order, on every rank."""
+    if world_size == 1:
+        return list(items)
+    gathered = [None] * world_size
+    torch.distributed.all_gather_object(gathered, list(items))
+    return [item for rank_items in gathered for item in rank_items]
+
+
+def rank_share(items, rank, world_size):
+    """This rank's contiguous share of a list (shares differ by at most one item)."""
+    return items[rank * len(items) // world_size:(rank + 1) * len(items) // world_size]
+
+
+def barrier(world_size):
+    if world_size > 1:
+        torch.distributed.barrier()
+
+
+#### Checkpoints: everything needed to continue exactly where a run stopped
+
+# Flags that may change between a run and its continuation (they do not change what is trained).
+RESUMABLE_CHANGES = {"max_steps", "save_every", "keep_checkpoints", "resume", "eval_every", "eval_data",
+                     "eval_benchmarks", "eval_data_dir", "eval_limit", "log_samples", "report_to",
+                     "reflection_keywords", "stages"}
+
+
+def checkpoint_dirs(output_dir):
+    """The complete checkpoints, oldest first (a half-written one is still named .tmp_step_*)."""
+    return sorted((output_dir / "checkpoints").glob("step_*"))
+
+
+def rng_states():
+    states = {"python": random.getstate(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        states["cuda"] = torch.cuda.get_rng_state_all()
+    return states
+
+
+def save_checkpoint(output_dir, step, *, rank, world_size, keep, policy, tokenizer, critic, trainer_state):
+    """OUTPUT_DIR/checkpoints/step_N: model/ (save_pretrained, with the tokenizer), critic/ for gae,
+    trainer_state.pt (optimizers, scheduler, step, data position) and rng_rank<r>.pt per rank. It is
+    written under a temporary name and renamed when complete, so a crash while saving leaves the
+    previous checkpoint as the newest; only the newest `keep` are kept."""
+    root = output_dir / "checkpoints"
+    temporary, final = root / f".tmp_step_{step:06d}", root / f"step_{step:06d}"
+    if rank == 0:  # the replicas are identical: rank 0 writes the shared parts
+        shutil.rmtree(temporary, ignore_errors=True)
+        temporary.mkdir(parents=True)
+        policy.save_pretrained(temporary / "model")
+        tokenizer.save_pretrained(temporary / "model")
+        if critic is not None:
+            critic.save_pretrained(temporary / "critic")
+        torch.save(trainer_state, temporary / "trainer_state.pt")
+    barrier(world_size)
+    torch.save(rng_states(), temporary / f"rng_rank{rank}.pt")
+    barrier(world_size)
+    if rank == 0:
+        shutil.rmtree(final, ignore_errors=True)
+        os.replace(temporary, final)  # atomic: the checkpoint exists whole or not at all
+        for old in checkpoint_dirs(output_dir)[:-keep]:
+            shutil.rmtree(old)
+    barrier(world_size)
+    return final
+
+
+def find_resume_checkpoint(config, output_dir):
+    """The checkpoint to continue from, or None to start afresh. Stops, before any model is loaded, when
+    the output dir holds a different run, or when --resume / --no-resume cannot be honoured."""
+    saved_config = output_dir / "config.json"
+    if saved_config.exists():
+        saved, current = json.loads(saved_config.read_text()), dataclasses.asdict(config)
+        differ = [name for name in current if name not in RESUMABLE_CHANGES and saved.get(name) != current[name]]
+        if differ:
+            sys.exit(f"{output_dir} holds a different run: " + "; ".join(
+                f"--{name.replace('_', '-')} was {saved.get(name)!r}, now {current[name]!r}" for name in differ[:3])
+                + ". Choose another --output-dir, or delete that one.")
+    checkpoints = checkpoint_dirs(output_dir)
+    if config.resume is False and checkpoints:
+        sys.exit(f"{output_dir} holds checkpoints ({checkpoints[-1].name}) and --no-resume would overwrite "
+                 "them: delete them or choose another --output-dir")
+    if config.resume and not checkpoints:
+        sys.exit(f"--resume: no checkpoint in {output_dir / 'checkpoints'}")
+    return checkpoints[-1] if checkpoints and config.resume is not False else None
+
+
+def open_log(path, resume_step):
+    """The log file to append to: rows a killed run wrote after its last checkpoint are dropped first."""
+    if resume_step is None or not path.exists():
+        return open(path, "w")
+    kept = []
+    for line in path.read_text().splitlines():
+        try:
+            if json.loads(line)["step"] <= resume_step:
+                kept.append(line + "\n")
+        except (ValueError, KeyError):  # a line cut short by the kill
+            pass
+    path.write_text("".join(kept))
+    return open(path, "a")
 
 
 #### The loop
@@ -252,64 +452,94 @@ def prompt_stream(problems, prompts_per_step, seed):
 def main(argv=None):
     config = parse_config(argv)
     on_gpu = torch.cuda.is_available()
-    config = resolve_auto(config, on_gpu)
-    device = torch.device("cuda" if on_gpu else "cpu")
+    rank, world_size, device = init_distributed(on_gpu)
+    config = resolve_auto(config, on_gpu, world_size)
     autocast_dtype = torch.bfloat16 if on_gpu else None  # fp32 on CPU: faster there and exact
-    seed_everything(config.seed)
+    seed_everything(config.seed)  # the same on every rank: the replicas must start identical
+    main_process = rank == 0
+    say = print if main_process else (lambda *args, **kwargs: None)
 
     from transformers import AutoTokenizer
 
-    from data.problems import TEMPLATE_STOP_STRINGS, default_template, format_prompt, load_problems
-    from evaluate import (benchmark_metrics, dynamics_metrics, evaluate_accuracy, evaluate_benchmarks,
-                          load_benchmarks, make_reporters, model_context_length, parse_keywords)
-    from ppo import compute_advantages, kl_estimate, make_optimizer, ppo_update, response_logprobs_and_entropy, \
-        response_values
+    from data.problems import TEMPLATE_STOP_STRINGS, default_template, format_prompt, load_problems, task_template
+    from evaluate import (benchmark_metrics, dynamics_metrics, generate_and_grade, load_benchmarks, make_reporters,
+                          model_context_length, parse_keywords, summarize)
+    from ppo import all_ranks_sum, compute_advantages, kl_estimate, make_optimizer, ppo_update, \
+        response_logprobs_and_entropy, response_values
     from reward import grade_batch
     from rollout import HFEngine, VLLMEngine, vllm_available
     from sft import load_sft_pairs, train_supervised
 
+    # Problems with the flags and the output dir are found here, before any model is loaded.
     output_dir = Path(config.output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
-    (output_dir / "config.json").write_text(json.dumps(dataclasses.asdict(config), indent=2) + "\n")
+    stages = parse_stages(config)
+    resume_from = find_resume_checkpoint(config, output_dir)
+    barrier(world_size)  # every rank has read the old config.json before rank 0 rewrites it
+    if main_process:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        (output_dir / "config.json").write_text(json.dumps(dataclasses.asdict(config), indent=2) + "\n")
 
-    #### Data: problems -> prompts
+    #### Data: problems -> prompts, stage by stage (read before anything is loaded: bad data stops here)
+    stage_problems, stage_tasks = [], []
+    for number, stage in enumerate(stages, 1):
+        try:
+            problems = load_problems(stage["train_data"], stage["min_level"], stage["max_level"],
+                                     task=None if stage["task"] == "auto" else stage["task"])
+        except (ValueError, FileNotFoundError) as error:
+            sys.exit(f"training data of stage {number}: {error}")
+        tasks = sorted({p.get("task", "math") for p in problems})
+        if len(tasks) > 1:
+            sys.exit(f"{stage['train_data']} mixes {' and '.join(tasks)} problems: give each task its own stage")
+        stage_problems.append(problems)
+        stage_tasks.append(tasks[0])
+    try:
+        eval_problems = load_problems(config.eval_data) if config.eval_data else []
+        eval_benchmarks = (load_benchmarks(config.eval_benchmarks, config.eval_data_dir, config.eval_limit or None)
+                           if config.eval_benchmarks else {})
+    except (ValueError, FileNotFoundError) as error:
+        sys.exit(f"evaluation data: {error}")
+    held_out = {"": eval_problems, **eval_benchmarks} if eval_problems else dict(eval_benchmarks)
+
     tokenizer = AutoTokenizer.from_pretrained(config.model)
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     template = config.template or default_template(tokenizer)
-    stop = TEMPLATE_STOP_STRINGS[template]
-    train_problems = load_problems(config.train_data, config.min_level, config.max_level)
-    prompt_lengths = [len(ids) for ids in tokenizer([format_prompt(p["problem"], template)
-                                                     for p in train_problems])["input_ids"]]
-    too_long = sum(length > config.max_prompt_len for length in prompt_lengths)
-    train_problems = [p for p, length in zip(train_problems, prompt_lengths) if length <= config.max_prompt_len]
-    eval_problems = load_problems(config.eval_data) if config.eval_data else []
-    eval_benchmarks = (load_benchmarks(config.eval_benchmarks, config.eval_data_dir, config.eval_limit or None)
-                       if config.eval_benchmarks else {})
-    held_out = eval_problems + [p for problems in eval_benchmarks.values() for p in problems]
+    prompt_of = lambda problem: format_prompt(problem["problem"], task_template(template, problem.get("task", "math")))  # noqa: E731
+    for number, (stage, problems) in enumerate(zip(stages, stage_problems), 1):
+        lengths = [len(ids) for ids in tokenizer([prompt_of(p) for p in problems])["input_ids"]]
+        kept = [p for p, length in zip(problems, lengths) if length <= config.max_prompt_len]
+        say(f"stage {number}: {stage['max_steps']} steps on {len(kept)} {stage_tasks[number - 1]} problems from "
+            f"{stage['train_data']} ({len(problems) - len(kept)} skipped as longer than --max-prompt-len "
+            f"{config.max_prompt_len}), at most {stage['max_new_tokens']} new tokens, temperature {stage['temperature']}")
+        if len(kept) < config.prompts_per_step:
+            sys.exit(f"stage {number}: only {len(kept)} training problems, fewer than --prompts-per-step "
+                     f"{config.prompts_per_step}")
+        stage_problems[number - 1] = kept
     keywords = parse_keywords(config.reflection_keywords)
-    # Training prompts past --max-prompt-len were dropped above; held-out ones are all evaluated.
-    longest_prompt = max([length for length in prompt_lengths if length <= config.max_prompt_len]
-                         + [len(tokenizer(format_prompt(p["problem"], template))["input_ids"]) for p in held_out])
-    print(f"{len(train_problems)} training problems ({too_long} skipped as longer than --max-prompt-len), "
-          f"{len(eval_problems)} held-out; template {template}")
-    if len(train_problems) < config.prompts_per_step:
-        sys.exit(f"only {len(train_problems)} training problems, fewer than --prompts-per-step "
-                 f"{config.prompts_per_step}")
+    longest_prompt = max([config.max_prompt_len] + [len(tokenizer(prompt_of(p))["input_ids"])
+                                                    for problems in held_out.values() for p in problems])
+    longest_response = max(stage["max_new_tokens"] for stage in stages)
+    total_steps = sum(stage["max_steps"] for stage in stages)
 
     #### Models: the policy (trained), the reference (frozen, for the KL loss), the rollout engine
-    policy = load_model(config.model, device, config.gradient_checkpointing)
+    start_model = config.model  # what the reference, the critic and (unless resuming) the policy start from
+    if config.sft_steps > 0 and resume_from is not None:
+        start_model = str(output_dir / "sft")  # the warm-up was done before the checkpoint was written
+    policy = load_model(str(resume_from / "model") if resume_from else config.model, device,
+                        config.gradient_checkpointing)
     policy.train()
-    start_model = config.model
-    if config.sft_steps > 0:
+    if config.sft_steps > 0 and resume_from is None:
         # SimpleRL: supervised warm-up first; the RL stage then starts from, and stays close to, its result.
+        # (Under torchrun every rank runs the same deterministic warm-up on its own replica.)
         pairs, counts = load_sft_pairs(config.sft_data, template, tokenizer)
-        print(f"supervised warm-up on {config.sft_data}: {json.dumps(counts)}")
+        say(f"supervised warm-up on {config.sft_data}: {json.dumps(counts)}")
         train_supervised(policy, tokenizer, pairs, steps=config.sft_steps, batch_size=config.sft_batch_size,
                          lr=config.sft_lr, optim=config.optim, seed=config.seed, autocast_dtype=autocast_dtype)
         start_model = str(output_dir / "sft")
-        policy.save_pretrained(start_model)
-        tokenizer.save_pretrained(start_model)
+        if main_process:
+            policy.save_pretrained(start_model)
+            tokenizer.save_pretrained(start_model)
+        barrier(world_size)
     reference = None
     if config.kl_coef > 0:
         reference = load_model(start_model, device).eval().requires_grad_(False)
@@ -317,92 +547,140 @@ def main(argv=None):
                                           config.lr_warmup_steps)
     critic = critic_optimizer = None
     if config.adv_estimator == "gae":
-        critic = load_critic(start_model, device, config.gradient_checkpointing).train()
+        critic = load_critic(str(resume_from / "critic") if resume_from else start_model, device,
+                             config.gradient_checkpointing).train()
         critic_optimizer, _ = make_optimizer(critic, config.optim, config.critic_lr, config.weight_decay, 0)
+
+    first_step, bad_steps_in_a_row = 1, 0
+    data_states = [new_data_state() for _ in stages]
+    if resume_from is not None:
+        trainer_state = torch.load(resume_from / "trainer_state.pt", weights_only=False, map_location="cpu")
+        optimizer.load_state_dict(trainer_state["optimizer"])
+        scheduler.load_state_dict(trainer_state["scheduler"])
+        if critic_optimizer is not None:
+            critic_optimizer.load_state_dict(trainer_state["critic_optimizer"])
+        first_step, bad_steps_in_a_row = trainer_state["step"] + 1, trainer_state["bad_steps_in_a_row"]
+        data_states = trainer_state["data_states"]
+        rng_file = resume_from / f"rng_rank{rank}.pt"
+        if rng_file.exists():  # absent when resuming on more ranks than wrote the checkpoint
+            rng = torch.load(rng_file, weights_only=False)
+            random.setstate(rng["python"])
+            torch.set_rng_state(rng["torch"])
+            if on_gpu and "cuda" in rng:
+                torch.cuda.set_rng_state_all(rng["cuda"])
+        say(f"resuming from {resume_from} at step {first_step}")
 
     use_vllm = config.rollout_engine == "vllm" or (config.rollout_engine == "auto" and vllm_available())
     # A response that would run past the model's context stops there (counted as truncated).
-    context_length = model_context_length(start_model) or longest_prompt + config.max_new_tokens
+    context_length = model_context_length(start_model) or longest_prompt + longest_response
     if use_vllm:
-        engine = VLLMEngine(start_model, dtype="bfloat16" if on_gpu else "float32", seed=config.seed,
-                            max_model_len=min(longest_prompt + config.max_new_tokens, context_length),
+        engine = VLLMEngine(str(resume_from / "model") if resume_from else start_model,
+                            dtype="bfloat16" if on_gpu else "float32", seed=config.seed + rank,
+                            max_model_len=min(longest_prompt + longest_response, context_length),
                             memory_utilization=config.vllm_memory_utilization, enable_sleep=config.vllm_sleep)
     else:
         if config.rollout_engine == "auto":
-            print("vLLM is not installed: rolling out with transformers generate (much slower)")
+            say("vLLM is not installed: rolling out with transformers generate (much slower)")
         engine = HFEngine(policy, tokenizer)
 
-    def evaluate(step):
-        """Greedy accuracy on the held-out sets, on the colocated engine (no second copy of the model)."""
-        metrics = {}
+    def evaluate(step, max_new_tokens):
+        """Greedy accuracy on the held-out sets, on the colocated engine (no second copy of the model).
+        Under torchrun each rank generates for its share of every set; the records are gathered."""
         batch_size = None if use_vllm else 16  # transformers generate: bounded batches, or out of memory
-        if eval_problems:
-            summary, _ = evaluate_accuracy(engine, eval_problems, template, config.max_new_tokens, keywords=keywords,
-                                           batch_size=batch_size)
-            metrics.update({f"eval/{name}": value for name, value in summary.items()})
-        if eval_benchmarks:  # one generate call over all sets
-            summaries, _ = evaluate_benchmarks(engine, eval_benchmarks, template, config.max_new_tokens,
-                                               keywords=keywords, batch_size=batch_size)
+        names = [name for name, problems in held_out.items() for _ in rank_share(problems, rank, world_size)]
+        local = [p for problems in held_out.values() for p in rank_share(problems, rank, world_size)]
+        records = generate_and_grade(engine, local, template, max_new_tokens, keywords=keywords,
+                                     batch_size=batch_size) if local else []
+        records = gather_lists(zip(names, records), world_size)
+        summaries = {name: summarize([r for n, r in records if n == name], keywords=keywords) for name in held_out}
+        metrics = {f"eval/{key}": value for key, value in summaries.pop("", {}).items()}
+        if summaries:
             metrics.update(benchmark_metrics(summaries))  # eval/<name>/<key> and eval/average/accuracy
-        tqdm.write(f"step {step}: held-out " + ", ".join(f"{name} {value:.3f}" for name, value in metrics.items()
-                                                          if name.endswith("accuracy")))
+        if main_process:
+            tqdm.write(f"step {step}: held-out " + ", ".join(f"{name} {value:.3f}" for name, value in metrics.items()
+                                                              if name.endswith("accuracy")))
         return metrics
 
-    metrics_file = open(output_dir / "metrics.jsonl", "w")
-    samples_file = open(output_dir / "samples.jsonl", "w")
-    report = make_reporters(config.report_to, output_dir, dataclasses.asdict(config))
-    if held_out:
-        row = {"step": 0, **evaluate(0)}
-        metrics_file.write(json.dumps(row) + "\n")
-        report(row, 0)
+    resume_step = first_step - 1 if resume_from is not None else None
+    metrics_file = open_log(output_dir / "metrics.jsonl", resume_step) if main_process else None
+    samples_file = open_log(output_dir / "samples.jsonl", resume_step) if main_process else None
+    report = make_reporters(config.report_to if main_process else "none", output_dir, dataclasses.asdict(config))
+    if held_out and resume_from is None:
+        row = {"step": 0, **evaluate(0, stages[0]["max_new_tokens"])}
+        if main_process:
+            metrics_file.write(json.dumps(row) + "\n")
+            report(row, 0)
 
-    prompts = prompt_stream(train_problems, config.prompts_per_step, config.seed)
-    bad_steps_in_a_row = 0
-    progress = tqdm(range(1, config.max_steps + 1), desc="zero-rl", dynamic_ncols=True)
+    # SIGTERM (preemption, scancel, kill): finish the step, save a checkpoint, exit.
+    signals_received = []
+    signal.signal(signal.SIGTERM, lambda signum, frame: signals_received.append(signum))
+    progress = tqdm(range(first_step, total_steps + 1), initial=first_step - 1, total=total_steps, desc="zero-rl",
+                    dynamic_ncols=True, disable=not main_process)
     for step in progress:
         timings = {}
+        stage_number, stage = stage_at(stages, step)
+        task, all_problems = stage_tasks[stage_number], stage_problems[stage_number]
+        stage_template = task_template(template, task)
 
-        #### 1-2. Rollout: samples_per_prompt responses to each of prompts_per_step prompts
+        #### 1-2. Rollout: samples_per_prompt responses to each of prompts_per_step prompts (this rank's share)
         start = time.perf_counter()
-        problems = next(prompts)
+        batch_indices = next_prompt_batch(data_states[stage_number], len(all_problems), config.prompts_per_step,
+                                          seed=config.seed + 1000 * stage_number)
+        local_indices = rank_share(batch_indices, rank, world_size)
+        problems = [all_problems[index] for index in local_indices]
         engine.wake_up()
-        samples = engine.generate([format_prompt(p["problem"], template) for p in problems],
-                                  samples_per_prompt=config.samples_per_prompt, temperature=config.temperature,
-                                  top_p=config.top_p, max_new_tokens=config.max_new_tokens, stop=stop)
+        samples = engine.generate([prompt_of(p) for p in problems], samples_per_prompt=config.samples_per_prompt,
+                                  temperature=stage["temperature"], top_p=config.top_p,
+                                  max_new_tokens=stage["max_new_tokens"], stop=TEMPLATE_STOP_STRINGS[stage_template],
+                                  seed=random.Random(f"rollout {config.seed} {step} {rank}").randrange(2 ** 31))
         if config.vllm_sleep:
             engine.sleep()
-        golds = [problems[s.prompt_index]["answer"] for s in samples]
         timings["time/rollout"] = time.perf_counter() - start
 
-        #### 3. Reward
+        #### 3. Reward: math, the boxed answer against the gold one; code, the program against the tests
         start = time.perf_counter()
-        graded = grade_batch([s.response_text for s in samples], golds, config.reward_scheme)
-        rewards = torch.tensor(graded["reward"])  # [B]
+        responses = [s.response_text for s in samples]
+        if task == "code":
+            from reward_code import grade_code_batch
+
+            graded = grade_code_batch(responses, [problems[s.prompt_index]["tests"] for s in samples],
+                                      partial_credit=config.code_partial_credit)
+        else:
+            graded = grade_batch(responses, [problems[s.prompt_index]["answer"] for s in samples],
+                                 config.reward_scheme)
+        rewards = torch.tensor(graded["reward"], dtype=torch.float32)  # [B]
         timings["time/reward"] = time.perf_counter() - start
 
         #### 4. Groups with no signal: every sample of the prompt got the same reward
         samples_per_prompt = config.samples_per_prompt
-        zero_signal = (rewards.view(-1, samples_per_prompt) == rewards.view(-1, samples_per_prompt)[:, :1]).all(1)
+        grouped_rewards = rewards.view(-1, samples_per_prompt)  # [prompts, samples_per_prompt]
+        zero_signal = (grouped_rewards == grouped_rewards[:, :1]).all(1)
         zero_signal &= samples_per_prompt > 1  # a group of one has no baseline to compare against
         train_samples, train_rewards = samples, rewards
         if config.drop_zero_signal_groups:
             keep = (~zero_signal).repeat_interleave(samples_per_prompt)  # [B]
             train_samples = [s for s, kept in zip(samples, keep.tolist()) if kept]
             train_rewards = rewards[keep]
+        if config.drop_solved_prompts:  # AceReason: a prompt solved by every sample has nothing left to teach
+            solved = torch.tensor(graded["correct"]).view(-1, samples_per_prompt).all(1)
+            data_states[stage_number]["solved"].update(
+                index for index, done in gather_lists(zip(local_indices, solved.tolist()), world_size) if done)
 
         #### 5. Old-policy and reference log-probs of the sampled tokens (and the critic's values)
         start = time.perf_counter()
         sequences = [s.prompt_token_ids + s.response_token_ids for s in train_samples]
         prompt_token_counts = [len(s.prompt_token_ids) for s in train_samples]
-        response_lengths = torch.tensor([len(s.response_token_ids) for s in train_samples])  # [B]
+        response_lengths = torch.tensor([len(s.response_token_ids) for s in train_samples], dtype=torch.long)  # [B]
         width = int(response_lengths.max()) if train_samples else 0
         response_mask = torch.arange(width)[None, :] < response_lengths[:, None]  # [B, R]
         forward_args = dict(micro_batch_size=config.micro_batch_size, autocast_dtype=autocast_dtype, device=device)
         logprobs_of = lambda model: (lambda seqs, lens: response_logprobs_and_entropy(  # noqa: E731
-            model, seqs, lens, temperature=config.temperature, pad_token_id=tokenizer.pad_token_id)[0])
+            model, seqs, lens, temperature=stage["temperature"], pad_token_id=tokenizer.pad_token_id)[0])
         update_metrics = {}
         lr = optimizer.param_groups[0]["lr"]
-        if train_samples:
+        # Under torchrun a rank may have nothing left to train on (all its groups dropped) while others
+        # do: it still takes part in every collective step of the update, with empty tensors.
+        if int(all_ranks_sum(torch.tensor(len(train_samples)))) > 0:
             old_logprobs = batched_forward(logprobs_of(policy), sequences, prompt_token_counts, **forward_args)
             ref_logprobs = (batched_forward(logprobs_of(reference), sequences, prompt_token_counts, **forward_args)
                             if reference is not None else None)
@@ -412,37 +690,38 @@ def main(argv=None):
             for row, sample in enumerate(train_samples):
                 engine_logprobs[row, :len(sample.response_logprobs)] = torch.tensor(sample.response_logprobs)
             # The health check of weight sync: the engine sampled from the same policy the trainer holds.
-            update_metrics["rollout_logprob_diff"] = float(((engine_logprobs - old_logprobs).abs() * response_mask).sum()
-                                                           / response_mask.sum())
+            diff = all_ranks_sum(torch.tensor([float(((engine_logprobs - old_logprobs).abs() * response_mask).sum()),
+                                               float(response_mask.sum())]))
+            update_metrics["rollout_logprob_diff"] = float(diff[0] / diff[1].clamp(min=1))
 
             #### 6. Advantages [B, R]
             kl_penalty = None
             if config.kl_in_reward and reference is not None:
                 kl_penalty = kl_estimate(old_logprobs, ref_logprobs, config.kl_estimator) * response_mask
-                update_metrics["kl"] = float(kl_penalty.sum() / response_mask.sum())
+                kl_sum = all_ranks_sum(torch.tensor([float(kl_penalty.sum()), float(response_mask.sum())]))
+                update_metrics["kl"] = float(kl_sum[0] / kl_sum[1].clamp(min=1))
             advantages, returns = compute_advantages(
                 config.adv_estimator, train_rewards, response_mask, samples_per_prompt, kl_penalty=kl_penalty,
                 kl_coef=config.kl_coef, values=old_values, gamma=config.gamma, lam=config.lam)
             loss_mask = response_mask
             if config.mask_truncated:
-                truncated = torch.tensor([s.finish_reason == "length" for s in train_samples])
+                truncated = torch.tensor([s.finish_reason == "length" for s in train_samples], dtype=torch.bool)
                 loss_mask = response_mask & ~truncated[:, None]
 
             #### 7. PPO update: clipped surrogate + KL + entropy, over mini-batches of micro-batches
             batch = dict(sequences=sequences, prompt_lengths=prompt_token_counts, old_logprobs=old_logprobs,
                          ref_logprobs=ref_logprobs, engine_logprobs=engine_logprobs, advantages=advantages,
                          response_mask=loss_mask, old_values=old_values, returns=returns)
-            mini_batches = config.prompts_per_step // config.mini_batch_prompts
             update_metrics.update(ppo_update(
-                policy, optimizer, batch, mini_batch_size=-(-len(train_samples) // mini_batches),
+                policy, optimizer, batch, mini_batches=config.prompts_per_step // config.mini_batch_prompts,
                 micro_batch_size=config.micro_batch_size, ppo_epochs=config.ppo_epochs,
                 clip_ratio=config.clip_ratio, clip_ratio_high=config.clip_ratio_high, dual_clip=config.dual_clip,
                 loss_agg=config.loss_agg, kl_coef=config.kl_coef, kl_estimator=config.kl_estimator,
                 kl_in_loss=not config.kl_in_reward, entropy_coef=config.entropy_coef,
-                max_grad_norm=config.max_grad_norm, temperature=config.temperature,
-                pad_token_id=tokenizer.pad_token_id, seed=config.seed + step, max_response_length=config.max_new_tokens,
-                tis_cap=config.tis_cap, critic=critic, critic_optimizer=critic_optimizer, value_clip=config.value_clip,
-                autocast_dtype=autocast_dtype))
+                max_grad_norm=config.max_grad_norm, temperature=stage["temperature"],
+                pad_token_id=tokenizer.pad_token_id, seed=config.seed + step,
+                max_response_length=stage["max_new_tokens"], tis_cap=config.tis_cap, critic=critic,
+                critic_optimizer=critic_optimizer, value_clip=config.value_clip, autocast_dtype=autocast_dtype))
             scheduler.step()  # the schedule counts updates, not rollouts
             bad_steps_in_a_row = bad_steps_in_a_row + 1 if update_metrics["skipped_update_frac"] == 1.0 else 0
         timings["time/update"] = time.perf_counter() - start
@@ -453,48 +732,70 @@ def main(argv=None):
         engine.sync_weights(policy)
         timings["time/sync"] = time.perf_counter() - start
 
-        #### 9. Log
+        #### 9. Log (over all ranks' samples), evaluate, checkpoint
+        everything = gather_lists(zip(responses, graded["correct"], graded["reward"], graded["pred"], graded["timeouts"],
+                                      [s.finish_reason for s in samples], [len(s.response_token_ids) for s in samples]),
+                                  world_size)
+        texts, correct, rewards_all, predictions, timeouts, finish_reasons, lengths = map(list, zip(*everything))
+        zero_signal_all = gather_lists(zero_signal.tolist(), world_size)
         metrics = {
             "step": step,
-            "reward_mean": float(rewards.mean()),
-            "accuracy": sum(graded["correct"]) / len(samples),
-            "format_rate": sum(p is not None for p in graded["pred"]) / len(samples),
-            "response_length_mean": sum(len(s.response_token_ids) for s in samples) / len(samples),
-            "grade_timeouts": sum(graded["timeouts"]),  # comparisons killed at the grader's deadline
-            "zero_signal_groups": float(zero_signal.float().mean()),  # dropped, with --drop-zero-signal-groups
+            "stage": stage_number + 1,
+            "reward_mean": sum(rewards_all) / len(rewards_all),
+            "accuracy": sum(map(bool, correct)) / len(correct),
+            "format_rate": sum(p is not None for p in predictions) / len(predictions),  # a boxed answer / a code block
+            "response_length_mean": sum(lengths) / len(lengths),
+            "grade_timeouts": sum(map(bool, timeouts)),  # grading cut off at its deadline
+            "zero_signal_groups": sum(zero_signal_all) / len(zero_signal_all),  # dropped, with --drop-zero-signal-groups
             "lr": lr,
             **update_metrics,
             **timings,
         }
+        for name in ("reward_mean", "accuracy", "response_length_mean"):  # per task, to follow math and code apart
+            metrics[f"{task}/{name}"] = metrics[name]
+        if config.drop_solved_prompts:
+            metrics["solved_prompts"] = len(data_states[stage_number]["solved"])
         # Training dynamics: reflection keywords, length of right and wrong answers, truncation
-        metrics.update(dynamics_metrics([s.response_text for s in samples], graded["correct"],
-                                        [s.finish_reason for s in samples], [len(s.response_token_ids) for s in samples],
-                                        keywords))
-        if held_out and (step == config.max_steps or (config.eval_every and step % config.eval_every == 0)):
-            metrics.update(evaluate(step))
-        metrics_file.write(json.dumps(metrics) + "\n")
-        metrics_file.flush()
-        report(metrics, step)
+        metrics.update(dynamics_metrics(texts, correct, finish_reasons, lengths, keywords))
+        if held_out and (step == total_steps or (config.eval_every and step % config.eval_every == 0)):
+            metrics.update(evaluate(step, stage["max_new_tokens"]))
+        if main_process:
+            metrics_file.write(json.dumps(metrics) + "\n")
+            metrics_file.flush()
+            report(metrics, step)
+            for sample, prediction, reward in list(zip(samples, graded["pred"], graded["reward"]))[:config.log_samples]:
+                problem = problems[sample.prompt_index]
+                samples_file.write(json.dumps({"step": step, "prompt": prompt_of(problem), "response": sample.response_text,
+                                               "gold": problem.get("answer"), "pred": prediction, "reward": reward,
+                                               "finish_reason": sample.finish_reason}) + "\n")
+            samples_file.flush()
+            progress.set_postfix(reward=f"{metrics['reward_mean']:.3f}", acc=f"{metrics['accuracy']:.3f}",
+                                 len=f"{metrics['response_length_mean']:.0f}", kl=f"{metrics.get('kl', 0):.4f}")
+
+        stop_signal = int(all_ranks_sum(torch.tensor(len(signals_received))))  # every rank stops together
+        if stop_signal or (config.save_every and (step % config.save_every == 0 or step == total_steps)):
+            trainer_state = {"step": step, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                             "critic_optimizer": critic_optimizer.state_dict() if critic_optimizer else None,
+                             "bad_steps_in_a_row": bad_steps_in_a_row, "data_states": data_states,
+                             "world_size": world_size}
+            saved = save_checkpoint(output_dir, step, rank=rank, world_size=world_size, keep=config.keep_checkpoints,
+                                    policy=policy, tokenizer=tokenizer, critic=critic, trainer_state=trainer_state)
+            if stop_signal:
+                say(f"SIGTERM: saved {saved} at step {step}; run the same command again to continue")
+                sys.exit(128 + signal.SIGTERM)
         if bad_steps_in_a_row >= config.max_bad_steps:
             sys.exit(f"step {step}: {bad_steps_in_a_row} steps in a row had a non-finite loss or gradient and no "
                      f"update; stopping (see {output_dir / 'metrics.jsonl'}; a lower --lr often helps)")
-        for sample, gold, prediction, reward in list(zip(samples, golds, graded["pred"], graded["reward"]))[
-                :config.log_samples]:
-            samples_file.write(json.dumps({"step": step, "prompt": format_prompt(problems[sample.prompt_index]["problem"],
-                                                                                  template),
-                                           "response": sample.response_text, "gold": gold, "pred": prediction,
-                                           "reward": reward, "finish_reason": sample.finish_reason}) + "\n")
-        samples_file.flush()
-        progress.set_postfix(reward=f"{metrics['reward_mean']:.3f}", acc=f"{metrics['accuracy']:.3f}",
-                             len=f"{metrics['response_length_mean']:.0f}", kl=f"{metrics.get('kl', 0):.4f}")
 
     #### Save: a directory vLLM and transformers load as it is
-    policy.save_pretrained(output_dir / "final")
-    tokenizer.save_pretrained(output_dir / "final")
-    metrics_file.close()
-    samples_file.close()
+    if main_process:
+        policy.save_pretrained(output_dir / "final")
+        tokenizer.save_pretrained(output_dir / "final")
+        metrics_file.close()
+        samples_file.close()
+        say(f"saved {output_dir / 'final'}")
     report.close()
-    print(f"saved {output_dir / 'final'}")
+    barrier(world_size)
 
 
 if __name__ == "__main__":

@@ -56,11 +56,34 @@ def test_variant_runs_from_the_command_line(name, tiny_model_dir, tiny_data, tmp
     assert (output_dir / "final" / "config.json").exists()
 
 
-def test_contradictory_flags_stop_before_loading_a_model(tiny_data, tmp_path):
-    command = [sys.executable, "train.py", "--model", "does/not-exist", "--train-data", str(tiny_data / "train.jsonl"),
-               "--prompts-per-step", "6", "--mini-batch-prompts", "4", "--output-dir", str(tmp_path)]
+BAD_INPUTS = {
+    "mini-batch": (["--prompts-per-step", "6", "--mini-batch-prompts", "4"], "not a multiple of"),
+    "dual-clip": (["--dual-clip", "0.5"], "--dual-clip must be above 1"),
+    "clip-high": (["--clip-ratio", "0.2", "--clip-ratio-high", "0.1"], "is below --clip-ratio"),
+    "kl-in-reward": (["--kl-in-reward", "--kl-coef", "0"], "--kl-in-reward needs --kl-coef"),
+    "temperature": (["--temperature", "0"], "--temperature must be above 0"),
+    "missing-file": (["--train-data", "{dir}/missing.jsonl"], "missing.jsonl"),
+    "empty-file": (["--train-data", "{dir}/empty.jsonl"], "no problems left"),
+    "no-answer": (["--train-data", "{dir}/no_answer.jsonl"], "no_answer.jsonl:2: no gold answer"),
+    "no-problem": (["--train-data", "{dir}/no_problem.jsonl"], "no_problem.jsonl:1: no problem"),
+    "stage-field": (["--stages", "train_data={dir}/train.jsonl,lr=3"], "stage 1 sets lr"),
+    "too-few": (["--prompts-per-step", "64"], "fewer than --prompts-per-step"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(BAD_INPUTS))
+def test_bad_flags_and_data_stop_with_a_clear_message_before_loading_a_model(name, tiny_model_dir, tiny_data, tmp_path):
+    (tiny_data / "empty.jsonl").write_text("")
+    (tiny_data / "no_answer.jsonl").write_text('{"problem": "1+1", "answer": "2"}\n{"problem": "2+2"}\n')
+    (tiny_data / "no_problem.jsonl").write_text('{"answer": "2"}\n')
+    flags, message = BAD_INPUTS[name]
+    # Prompt lengths need the tokenizer, so "too-few" is checked after it is loaded (still before the model).
+    model = str(tiny_model_dir) if name == "too-few" else "does/not-exist"
+    command = [sys.executable, "train.py", "--model", model, "--train-data", str(tiny_data / "train.jsonl"),
+               "--output-dir", str(tmp_path), "--eval-data", "", *[f.format(dir=tiny_data) for f in flags]]
     result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
-    assert result.returncode != 0 and "not a multiple of" in result.stderr
+    assert result.returncode != 0 and message in result.stderr, result.stderr[-2000:]
+    assert "Traceback" not in result.stderr
 
 
 def test_benchmarks_and_dynamics_are_logged_during_training(tiny_model_dir, tiny_data, tmp_path):

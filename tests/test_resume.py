@@ -1,0 +1,105 @@
+"""Checkpoints and resume: a run killed mid-way (SIGKILL) or stopped (SIGTERM) and started again with the
+same command ends with exactly the weights of a run that was never interrupted (CPU, same seed)."""
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from conftest import ROOT
+
+STEPS = 10
+
+
+@pytest.fixture(scope="module")
+def toy_data(tmp_path_factory):
+    from data.toy import make_problems
+
+    train, _ = make_problems(seed=1, n_train=16, n_test=4)
+    path = tmp_path_factory.mktemp("data") / "train.jsonl"
+    path.write_text("".join(json.dumps(row) + "\n" for row in train))
+    return path
+
+
+def command(model_dir, train_data, output_dir, *extra):
+    return [sys.executable, "train.py", "--model", str(model_dir), "--train-data", str(train_data), "--eval-data", "",
+            "--output-dir", str(output_dir), "--max-steps", str(STEPS), "--prompts-per-step", "4",
+            "--samples-per-prompt", "4", "--max-new-tokens", "8", "--save-every", "2", "--keep-checkpoints", "2",
+            *extra]
+
+
+def interrupt(arguments, output_dir, signum, after_checkpoint):
+    """Start the run, send `signum` as soon as checkpoint `after_checkpoint` exists, wait for the exit."""
+    process = subprocess.Popen(arguments, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    marker = Path(output_dir) / "checkpoints" / f"step_{after_checkpoint:06d}"
+    deadline = time.time() + 300
+    while not marker.exists():
+        assert process.poll() is None, f"the run ended before its checkpoint: {process.stderr.read()[-3000:]}"
+        assert time.time() < deadline
+        time.sleep(0.01)
+    process.send_signal(signum)
+    _, stderr = process.communicate(timeout=300)
+    return process.returncode, stderr
+
+
+def final_weights(output_dir):
+    return load_file(Path(output_dir) / "final" / "model.safetensors")
+
+
+def steps_logged(output_dir):
+    return [json.loads(line)["step"] for line in open(Path(output_dir) / "metrics.jsonl")]
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tiny_model_dir, toy_data, tmp_path_factory):
+    output_dir = tmp_path_factory.mktemp("uninterrupted")
+    result = subprocess.run(command(tiny_model_dir, toy_data, output_dir), cwd=ROOT, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-4000:]
+    # Only the newest two checkpoints are kept, and no half-written one is left behind.
+    assert sorted(p.name for p in (output_dir / "checkpoints").iterdir()) == ["step_000008", "step_000010"]
+    return output_dir
+
+
+@pytest.mark.parametrize("signum", [signal.SIGKILL, signal.SIGTERM], ids=["sigkill", "sigterm"])
+def test_interrupted_run_resumes_to_the_same_weights(signum, uninterrupted, tiny_model_dir, toy_data, tmp_path):
+    arguments = command(tiny_model_dir, toy_data, tmp_path)
+    returncode, stderr = interrupt(arguments, tmp_path, signum, after_checkpoint=4)
+    assert not (tmp_path / "final").exists(), "the run finished before it was interrupted"
+    checkpoints = sorted(p.name for p in (tmp_path / "checkpoints").glob("step_*"))
+    if signum == signal.SIGTERM:
+        # SIGTERM: the step under way is finished and saved before exiting.
+        assert returncode == 128 + signal.SIGTERM, stderr[-3000:]
+        stopped_at = int(checkpoints[-1].removeprefix("step_"))
+        assert stopped_at >= 4 and stopped_at in steps_logged(tmp_path)
+    else:
+        assert returncode == -signal.SIGKILL
+
+    result = subprocess.run(arguments, cwd=ROOT, capture_output=True, text=True)  # the same command again
+    assert result.returncode == 0, result.stderr[-4000:]
+    assert f"resuming from {tmp_path / 'checkpoints' / checkpoints[-1]}" in result.stdout
+    assert steps_logged(tmp_path) == list(range(1, STEPS + 1))  # rows after the checkpoint were rewritten once
+
+    expected, resumed = final_weights(uninterrupted), final_weights(tmp_path)
+    for name, value in expected.items():
+        assert torch.equal(resumed[name], value), name
+
+
+def test_output_dir_of_another_run_is_refused_before_loading_a_model(uninterrupted, toy_data):
+    arguments = command("does/not-exist", toy_data, uninterrupted, "--lr", "0.5")
+    result = subprocess.run(arguments, cwd=ROOT, capture_output=True, text=True)
+    assert result.returncode != 0 and "holds a different run" in result.stderr and "--lr" in result.stderr
+
+
+def test_resume_needs_a_checkpoint_and_no_resume_keeps_them(uninterrupted, tiny_model_dir, toy_data, tmp_path):
+    result = subprocess.run(command("does/not-exist", toy_data, tmp_path, "--resume"), cwd=ROOT, capture_output=True,
+                            text=True)
+    assert result.returncode != 0 and "no checkpoint" in result.stderr
+    result = subprocess.run(command(tiny_model_dir, toy_data, uninterrupted, "--no-resume"), cwd=ROOT,
+                            capture_output=True, text=True)
+    assert result.returncode != 0 and "would overwrite" in result.stderr
