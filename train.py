@@ -279,11 +279,12 @@ def next_prompt_batch(data_state, num_problems, prompts_per_step, seed):
     order = data_state.get("order")
     if order is None or data_state["position"] + prompts_per_step > len(order):
         epoch = data_state["epoch"] + (order is not None)
+        if num_problems - len(data_state["solved"]) < prompts_per_step:
+            print(f"--drop-solved-prompts: only {num_problems - len(data_state['solved'])} unsolved problems left, "
+                  f"fewer than --prompts-per-step {prompts_per_step}; every problem is back in from epoch {epoch}")
+            data_state["solved"].clear()
         order = [index for index in range(num_problems) if index not in data_state["solved"]]
         random.Random(seed + epoch).shuffle(order)
-        if len(order) < prompts_per_step:
-            sys.exit(f"only {len(order)} unsolved training problems left, fewer than --prompts-per-step "
-                     f"{prompts_per_step} (--drop-solved-prompts)")
         data_state.update(epoch=epoch, order=order, position=0)
     batch = order[data_state["position"]:data_state["position"] + prompts_per_step]
     data_state["position"] += prompts_per_step
@@ -369,7 +370,7 @@ def barrier(world_size):
 # Flags that may change between a run and its continuation (they do not change what is trained).
 RESUMABLE_CHANGES = {"max_steps", "save_every", "keep_checkpoints", "resume", "eval_every", "eval_data",
                      "eval_benchmarks", "eval_data_dir", "eval_limit", "log_samples", "report_to",
-                     "reflection_keywords", "stages"}
+                     "reflection_keywords"}
 
 
 def checkpoint_dirs(output_dir):

@@ -13,7 +13,8 @@ from conftest import ROOT
 SIMPLERL_ZOO = ["--adv-estimator", "grpo", "--kl-coef", "1e-4", "--kl-estimator", "k3", "--entropy-coef", "1e-3",
                 "--samples-per-prompt", "8", "--temperature", "1.0", "--loss-agg", "token-mean"]
 ACEREASON = ["--adv-estimator", "grpo", "--kl-coef", "0", "--entropy-coef", "0", "--loss-agg", "token-mean",
-             "--ppo-epochs", "1", "--samples-per-prompt", "8", "--temperature", "1.0", "--drop-zero-signal-groups"]
+             "--ppo-epochs", "1", "--samples-per-prompt", "8", "--temperature", "1.0", "--drop-zero-signal-groups",
+             "--drop-solved-prompts"]
 
 ADD_PROGRAM = "```python\ndef add(a, b):\n    return a + b\n```"
 
