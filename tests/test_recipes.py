@@ -78,3 +78,4 @@ def test_acereason_recipe_math_then_code_with_longer_responses(tiny_model_dir, r
     code_rows = [row for row in rows if row["stage"] == 3]
     assert max(row["code/accuracy"] for row in code_rows) > 0
     assert all(row["format_rate"] > 0 for row in code_rows)
+    assert all("solved_prompts" in row for row in rows)  # --drop-solved-prompts keeps count
