@@ -621,6 +621,20 @@ def model_context_length(model):
     return getattr(config, "max_position_embeddings", None)
 
 
+def mark_too_long_prompts(problems, tokenizer, template, context_length):
+    """Mark each problem whose prompt fills the model's whole context ("prompt_too_long": it is not
+    generated for, and counts as wrong); return the length in tokens of the longest prompt that fits."""
+    longest_prompt = 0
+    for problem in problems:
+        prompt = format_prompt(problem["problem"], task_template(template, _task_of(problem)))
+        prompt_length = len(tokenizer(prompt)["input_ids"])
+        if prompt_length >= context_length:
+            problem["prompt_too_long"] = True
+        else:
+            longest_prompt = max(longest_prompt, prompt_length)
+    return longest_prompt
+
+
 def load_engine(model, max_model_len, rollout_engine="auto", seed=0):
     """The generation engine for a saved model: vLLM when available (or asked for), else transformers.
     max_model_len (prompt plus response, vLLM only): a response that reaches it stops as truncated."""
@@ -702,13 +716,7 @@ def main(argv=None):
     context_length = model_context_length(args.model) or float("inf")
     longest_prompt = 0
     for name, problems in benchmarks.items():
-        for problem in problems:
-            prompt = format_prompt(problem["problem"], task_template(template, _task_of(problem)))
-            prompt_length = len(tokenizer(prompt)["input_ids"])
-            if prompt_length >= context_length:
-                problem["prompt_too_long"] = True
-            else:
-                longest_prompt = max(longest_prompt, prompt_length)
+        longest_prompt = max(longest_prompt, mark_too_long_prompts(problems, tokenizer, template, context_length))
         too_long = sum(bool(p.get("prompt_too_long")) for p in problems)
         if too_long:
             print(f"{name}: {too_long} of {len(problems)} prompts do not fit in the model's context of "

@@ -88,7 +88,6 @@ import functools
 import json
 import math
 import os
-import re
 import secrets
 import selectors
 import shutil

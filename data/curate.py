@@ -45,8 +45,8 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script: import the project's modules
-from data.problems import (PROMPT_TEMPLATES, _read_rows, default_template, format_prompt,  # noqa: E402
-                           load_problems, task_template)
+from data.problems import (PROMPT_TEMPLATES, _read_rows, default_template,  # noqa: E402
+                           load_problems)
 
 #### Reading: the problems as train.py sees them, and the input row behind each
 
@@ -220,7 +220,7 @@ def main(argv=None):
 
     from transformers import AutoTokenizer
 
-    from evaluate import load_engine, model_context_length
+    from evaluate import load_engine, mark_too_long_prompts, model_context_length
     from rollout import HFEngine
 
     rows, problems, indices = load_rows_and_problems(args.data, args.limit)
@@ -229,14 +229,7 @@ def main(argv=None):
     # As evaluate.py does: prompt + response must fit in the model's context. A prompt that fills it is
     # not generated for and counts as never solved (train.py would skip it anyway).
     context_length = model_context_length(args.model) or float("inf")
-    prompt_lengths = [len(tokenizer(format_prompt(p["problem"], task_template(template, task_of(p))))["input_ids"])
-                      for p in problems]
-    longest_prompt = 0
-    for problem, length in zip(problems, prompt_lengths):
-        if length >= context_length:
-            problem["prompt_too_long"] = True
-        else:
-            longest_prompt = max(longest_prompt, length)
+    longest_prompt = mark_too_long_prompts(problems, tokenizer, template, context_length)
     too_long = sum(bool(p.get("prompt_too_long")) for p in problems)
     if too_long:
         print(f"{too_long} of {len(problems)} prompts do not fit in the model's context of {context_length} "

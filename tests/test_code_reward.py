@@ -3,7 +3,6 @@ stdin/stdout problems from MapCoder's xCodeEval file, partial credit, and hostil
 inside their limits and their sandbox directory."""
 
 import glob
-import json
 import os
 import socket
 import time
@@ -239,7 +238,7 @@ def test_files_outside_the_sandbox_survive(tmp_path, python_guard):
 def test_expected_outputs_are_nowhere_the_program_can_look(monkeypatch):
     secret = "EXPECTED-" + os.urandom(8).hex()
     monkeypatch.setenv("ZERORL_SECRET", secret)  # the grader's environment is not passed on either
-    search = f'''import os
+    search = '''import os
 found = set()
 for value in os.environ.values():
     found.add(value)
