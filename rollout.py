@@ -60,6 +60,10 @@ class VLLMEngine:
             gpu_memory_utilization=memory_utilization,  # on CPU: the share of RAM for the KV cache
             enable_sleep_mode=enable_sleep,
             enforce_eager=not torch.cuda.is_available(),  # no graph capture on CPU
+            # A prompt prefilled in chunks has its first sampled tokens discarded, and vLLM then rewinds
+            # the request's seeded generator, which CPU generators cannot do ("CPU Generator does not use
+            # offset", vLLM 0.32). On CPU, prefill each prompt whole so that per-step seeds work.
+            enable_chunked_prefill=torch.cuda.is_available(),
             # Log-probs after temperature scaling: those of the distribution the tokens were actually
             # sampled from, which is what the trainer recomputes (it divides its logits by the temperature).
             logprobs_mode="processed_logprobs",
