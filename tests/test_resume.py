@@ -103,3 +103,18 @@ def test_resume_needs_a_checkpoint_and_no_resume_keeps_them(uninterrupted, tiny_
     result = subprocess.run(command(tiny_model_dir, toy_data, uninterrupted, "--no-resume"), cwd=ROOT,
                             capture_output=True, text=True)
     assert result.returncode != 0 and "would overwrite" in result.stderr
+
+
+def test_extending_a_finished_gae_run_equals_running_it_longer(tiny_model_dir, toy_data, tmp_path):
+    """--max-steps may grow between a run and its continuation; the critic and its optimizer come back too."""
+    gae = ["--adv-estimator", "gae", "--lam", "0.95"]
+    longer, extended = tmp_path / "longer", tmp_path / "extended"
+    for output_dir, steps in ((longer, "6"), (extended, "4"), (extended, "6")):
+        arguments = command(tiny_model_dir, toy_data, output_dir, *gae)
+        arguments[arguments.index("--max-steps") + 1] = steps
+        result = subprocess.run(arguments, cwd=ROOT, capture_output=True, text=True)
+        assert result.returncode == 0, result.stderr[-4000:]
+    assert "resuming from" in result.stdout and steps_logged(extended) == list(range(1, 7))
+    for name in ("final/model.safetensors", "checkpoints/step_000006/critic/model.safetensors"):
+        expected, resumed = load_file(longer / name), load_file(extended / name)
+        assert all(torch.equal(resumed[key], value) for key, value in expected.items()), name
