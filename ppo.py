@@ -9,7 +9,9 @@ samples_per_prompt responses to one prompt are contiguous (a "group").
 Data parallel (torchrun): each rank holds a full replica and its own share of the rollout, always whole
 groups. Everything that spans the batch is computed over all ranks with an all-reduce: the whitening
 statistics, the loss normalizers (tokens and sequences of the global mini-batch) and the gradients. So
-the update equals a single process's update on the whole batch, whatever the number of ranks.
+with one mini-batch per rollout the update equals a single process's update on the whole batch, whatever
+the number of ranks; with several, each rank shuffles its own share into them, so which samples share a
+mini-batch depends on the split (the same update in distribution, not bit for bit).
 """
 
 import math

@@ -60,10 +60,6 @@ class VLLMEngine:
             gpu_memory_utilization=memory_utilization,  # on CPU: the share of RAM for the KV cache
             enable_sleep_mode=enable_sleep,
             enforce_eager=not torch.cuda.is_available(),  # no graph capture on CPU
-            # A prompt prefilled in chunks has its first sampled tokens discarded, and vLLM then rewinds
-            # the request's seeded generator, which CPU generators cannot do ("CPU Generator does not use
-            # offset", vLLM 0.32). On CPU, prefill each prompt whole so that per-step seeds work.
-            enable_chunked_prefill=torch.cuda.is_available(),
             # Log-probs after temperature scaling: those of the distribution the tokens were actually
             # sampled from, which is what the trainer recomputes (it divides its logits by the temperature).
             logprobs_mode="processed_logprobs",
@@ -76,13 +72,15 @@ class VLLMEngine:
         # vLLM matches stop strings in the text decoded without special tokens, so a stop string that is
         # a special token (Qwen's <|im_end|>) would never match: stop on its token id instead.
         vocabulary = self.llm.get_tokenizer().get_vocab()
-        params = [SamplingParams(
+        params = SamplingParams(
             n=samples_per_prompt, temperature=temperature, top_p=top_p, max_tokens=max_new_tokens,
             stop=stop or None, stop_token_ids=[vocabulary[s] for s in stop or () if s in vocabulary] or None,
             logprobs=0,  # logprobs=0: only the sampled token's log-prob
-            # A per-request seed (vLLM gives the j-th of the n samples seed + j): distinct for every sample.
-            seed=None if seed is None else seed + index * samples_per_prompt,
-        ) for index in range(len(prompts))]
+        )
+        if seed is not None:
+            # The engine runs in this process, so its sampler draws from torch's global generator. (vLLM's
+            # per-request seeds would also do, but its sampler then loops over the requests one by one.)
+            torch.manual_seed(seed)
         outputs = self.llm.generate(prompts, params, use_tqdm=False)
         samples = []
         for prompt_index, output in enumerate(outputs):

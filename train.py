@@ -299,17 +299,22 @@ def parse_stages(config):
     """The run as a list of stages, each a dict of STAGE_FIELDS. Without --stages: one stage, the flags."""
     flags = {name: getattr(config, name) for name in STAGE_FIELDS}
     if not config.stages:
-        return [flags]
-    if config.stages.endswith(".json"):
+        specs = [{}]
+    elif config.stages.endswith(".json"):
         if not Path(config.stages).exists():
             sys.exit(f"--stages {config.stages}: no such file")
-        specs = json.loads(Path(config.stages).read_text())
+        try:
+            specs = json.loads(Path(config.stages).read_text())
+        except ValueError as error:
+            sys.exit(f"--stages {config.stages}: not valid JSON ({error})")
     else:
-        specs = [dict(item.strip().split("=", 1) for item in part.split(",") if item.strip())
+        specs = [dict(item.strip().split("=", 1) if "=" in item else (item.strip(), None)
+                      for item in part.split(",") if item.strip())
                  for part in config.stages.split(";") if part.strip()]
-    if not isinstance(specs, list) or not specs:
-        sys.exit(f"--stages {config.stages!r}: expected a non-empty list of stages")
+    if not isinstance(specs, list) or not specs or not all(isinstance(spec, dict) for spec in specs):
+        sys.exit(f"--stages {config.stages!r}: expected a non-empty list of stages, each of field=value pairs")
     kinds = {f.name: f.type for f in dataclasses.fields(Config)}
+    choices = {f.name: f.metadata["choices"] for f in dataclasses.fields(Config)}
     stages = []
     for number, spec in enumerate(specs, 1):
         unknown = sorted(set(spec) - set(STAGE_FIELDS))
@@ -317,7 +322,21 @@ def parse_stages(config):
             sys.exit(f"--stages: stage {number} sets {', '.join(unknown)}; a stage may set {', '.join(STAGE_FIELDS)}")
         stage = dict(flags)
         for name, value in spec.items():
-            stage[name] = kinds[name](value) if isinstance(value, str) else value
+            if value is None:
+                sys.exit(f"--stages: stage {number}: {name} has no value (write {name}=...)")
+            try:
+                stage[name] = kinds[name](value) if isinstance(value, str) else value
+            except (TypeError, ValueError):
+                sys.exit(f"--stages: stage {number}: {name}={value!r} is not a valid {kinds[name].__name__}")
+        # The checks resolve_auto makes of the flags, made of every stage.
+        problems = [f"{name} must be at least 1" for name in ("max_steps", "max_new_tokens")
+                    if not isinstance(stage[name], int) or stage[name] < 1]
+        if not isinstance(stage["temperature"], (int, float)) or stage["temperature"] <= 0:
+            problems.append("temperature must be above 0 (PPO needs the sampling distribution's log-probs)")
+        if stage["task"] not in choices["task"]:
+            problems.append(f"task must be one of {', '.join(choices['task'])}")
+        if problems:
+            sys.exit(f"{'--stages: stage ' + str(number) if config.stages else 'flags'}: {'; '.join(problems)}")
         stages.append(stage)
     return stages
 
@@ -336,13 +355,14 @@ def stage_at(stages, step):
 
 
 def init_distributed(on_gpu):
-    """(rank, world_size, device). torchrun sets RANK, WORLD_SIZE and LOCAL_RANK; nccl on GPUs, gloo on CPUs."""
+    """(rank, world_size, device). torchrun sets RANK, WORLD_SIZE and LOCAL_RANK. On GPUs, NCCL carries the
+    gradients and gloo the small CPU tensors (counts, metrics) that NCCL would refuse."""
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     rank, local_rank = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
     if world_size > 1:
         if on_gpu:
             torch.cuda.set_device(local_rank)
-        torch.distributed.init_process_group("nccl" if on_gpu else "gloo")
+        torch.distributed.init_process_group("cpu:gloo,cuda:nccl" if on_gpu else "gloo")
     return rank, world_size, torch.device(f"cuda:{local_rank}" if on_gpu else "cpu")
 
 
@@ -367,10 +387,13 @@ def barrier(world_size):
 
 #### Checkpoints: everything needed to continue exactly where a run stopped
 
-# Flags that may change between a run and its continuation (they do not change what is trained).
+# Flags that may change between a run and its continuation: they change how long it runs, what is
+# logged and evaluated, or how memory is used, not what is trained. (--max-steps lengthens the run,
+# or with --stages its last stage.)
 RESUMABLE_CHANGES = {"max_steps", "save_every", "keep_checkpoints", "resume", "eval_every", "eval_data",
                      "eval_benchmarks", "eval_data_dir", "eval_limit", "log_samples", "report_to",
-                     "reflection_keywords"}
+                     "reflection_keywords", "micro_batch_size", "vllm_memory_utilization", "vllm_sleep",
+                     "gradient_checkpointing", "rollout_engine"}
 
 
 def checkpoint_dirs(output_dir):
@@ -393,7 +416,8 @@ def save_checkpoint(output_dir, step, *, rank, world_size, keep, policy, tokeniz
     root = output_dir / "checkpoints"
     temporary, final = root / f".tmp_step_{step:06d}", root / f"step_{step:06d}"
     if rank == 0:  # the replicas are identical: rank 0 writes the shared parts
-        shutil.rmtree(temporary, ignore_errors=True)
+        for unfinished in root.glob(".tmp_step_*"):  # left by a crash while saving
+            shutil.rmtree(unfinished)
         temporary.mkdir(parents=True)
         policy.save_pretrained(temporary / "model")
         tokenizer.save_pretrained(temporary / "model")
@@ -416,14 +440,15 @@ def find_resume_checkpoint(config, output_dir):
     """The checkpoint to continue from, or None to start afresh. Stops, before any model is loaded, when
     the output dir holds a different run, or when --resume / --no-resume cannot be honoured."""
     saved_config = output_dir / "config.json"
-    if saved_config.exists():
+    checkpoints = checkpoint_dirs(output_dir)
+    # A run that died before its first checkpoint left nothing to protect: it may start over differently.
+    if saved_config.exists() and (checkpoints or (output_dir / "final").exists()):
         saved, current = json.loads(saved_config.read_text()), dataclasses.asdict(config)
         differ = [name for name in current if name not in RESUMABLE_CHANGES and saved.get(name) != current[name]]
         if differ:
             sys.exit(f"{output_dir} holds a different run: " + "; ".join(
                 f"--{name.replace('_', '-')} was {saved.get(name)!r}, now {current[name]!r}" for name in differ[:3])
                 + ". Choose another --output-dir, or delete that one.")
-    checkpoints = checkpoint_dirs(output_dir)
     if config.resume is False and checkpoints:
         sys.exit(f"{output_dir} holds checkpoints ({checkpoints[-1].name}) and --no-resume would overwrite "
                  "them: delete them or choose another --output-dir")
@@ -479,6 +504,10 @@ def main(argv=None):
     if main_process:
         output_dir.mkdir(parents=True, exist_ok=True)
         (output_dir / "config.json").write_text(json.dumps(dataclasses.asdict(config), indent=2) + "\n")
+    barrier(world_size)
+    if not (output_dir / "config.json").exists():  # ranks on other nodes must see rank 0's files
+        sys.exit(f"rank {rank}: {output_dir} is not shared with rank 0; on several nodes --output-dir must be "
+                 "on a shared filesystem (checkpoints, the warm-up's model and resuming all need it)")
 
     #### Data: problems -> prompts, stage by stage (read before anything is loaded: bad data stops here)
     stage_problems, stage_tasks = [], []
@@ -522,6 +551,19 @@ def main(argv=None):
     longest_response = max(stage["max_new_tokens"] for stage in stages)
     total_steps = sum(stage["max_steps"] for stage in stages)
 
+    # A continuation must see the stages and the data its checkpoint was made with (the data position
+    # indexes into each stage's problems). Only the last stage may grow (--max-steps, or its max_steps).
+    trainer_state = None
+    stage_sizes = [len(problems) for problems in stage_problems]
+    if resume_from is not None:
+        trainer_state = torch.load(resume_from / "trainer_state.pt", weights_only=False, map_location="cpu")
+        extendable = lambda stages: [dict(stage, max_steps=None) if number == len(stages) - 1 else stage  # noqa: E731
+                                     for number, stage in enumerate(stages)]
+        if (extendable(trainer_state["stages"]), trainer_state["stage_sizes"]) != (extendable(stages), stage_sizes):
+            sys.exit(f"{resume_from} was made with other stages or other data (stages {trainer_state['stages']}, "
+                     f"problems per stage {trainer_state['stage_sizes']}; now {stages}, {stage_sizes}). Choose "
+                     "another --output-dir to start a new run.")
+
     #### Models: the policy (trained), the reference (frozen, for the KL loss), the rollout engine
     start_model = config.model  # what the reference, the critic and (unless resuming) the policy start from
     if config.sft_steps > 0 and resume_from is not None:
@@ -531,31 +573,49 @@ def main(argv=None):
     policy.train()
     if config.sft_steps > 0 and resume_from is None:
         # SimpleRL: supervised warm-up first; the RL stage then starts from, and stays close to, its result.
-        # (Under torchrun every rank runs the same deterministic warm-up on its own replica.)
-        pairs, counts = load_sft_pairs(config.sft_data, template, tokenizer)
-        say(f"supervised warm-up on {config.sft_data}: {json.dumps(counts)}")
-        train_supervised(policy, tokenizer, pairs, steps=config.sft_steps, batch_size=config.sft_batch_size,
-                         lr=config.sft_lr, optim=config.optim, seed=config.seed, autocast_dtype=autocast_dtype)
+        # Under torchrun rank 0 warms up and the other ranks load its result: the replicas must be equal.
         start_model = str(output_dir / "sft")
         if main_process:
+            pairs, counts = load_sft_pairs(config.sft_data, template, tokenizer)
+            say(f"supervised warm-up on {config.sft_data}: {json.dumps(counts)}")
+            train_supervised(policy, tokenizer, pairs, steps=config.sft_steps, batch_size=config.sft_batch_size,
+                             lr=config.sft_lr, optim=config.optim, seed=config.seed, autocast_dtype=autocast_dtype)
             policy.save_pretrained(start_model)
             tokenizer.save_pretrained(start_model)
         barrier(world_size)
+        if not main_process:
+            policy = load_model(start_model, device, config.gradient_checkpointing).train()
     reference = None
     if config.kl_coef > 0:
         reference = load_model(start_model, device).eval().requires_grad_(False)
-    optimizer, scheduler = make_optimizer(policy, config.optim, config.lr, config.weight_decay,
-                                          config.lr_warmup_steps)
-    critic = critic_optimizer = None
+    critic = None
     if config.adv_estimator == "gae":
         critic = load_critic(str(resume_from / "critic") if resume_from else start_model, device,
                              config.gradient_checkpointing).train()
-        critic_optimizer, _ = make_optimizer(critic, config.optim, config.critic_lr, config.weight_decay, 0)
 
+    # The engine starts before the optimizer states exist: vLLM claims its share of the free GPU memory
+    # at start, which a resumed run's Adam moments would otherwise have taken.
+    use_vllm = config.rollout_engine == "vllm" or (config.rollout_engine == "auto" and vllm_available())
+    # A response that would run past the model's context stops there (counted as truncated).
+    context_length = model_context_length(start_model) or longest_prompt + longest_response
+    if use_vllm:
+        engine = VLLMEngine(str(resume_from / "model") if resume_from else start_model,
+                            dtype="bfloat16" if on_gpu else "float32", seed=config.seed + rank,
+                            max_model_len=min(longest_prompt + longest_response, context_length),
+                            memory_utilization=config.vllm_memory_utilization, enable_sleep=config.vllm_sleep)
+    else:
+        if config.rollout_engine == "auto":
+            say("vLLM is not installed: rolling out with transformers generate (much slower)")
+        engine = HFEngine(policy, tokenizer)
+
+    optimizer, scheduler = make_optimizer(policy, config.optim, config.lr, config.weight_decay,
+                                          config.lr_warmup_steps)
+    critic_optimizer = None
+    if critic is not None:
+        critic_optimizer, _ = make_optimizer(critic, config.optim, config.critic_lr, config.weight_decay, 0)
     first_step, bad_steps_in_a_row = 1, 0
     data_states = [new_data_state() for _ in stages]
     if resume_from is not None:
-        trainer_state = torch.load(resume_from / "trainer_state.pt", weights_only=False, map_location="cpu")
         optimizer.load_state_dict(trainer_state["optimizer"])
         scheduler.load_state_dict(trainer_state["scheduler"])
         if critic_optimizer is not None:
@@ -570,19 +630,6 @@ def main(argv=None):
             if on_gpu and "cuda" in rng:
                 torch.cuda.set_rng_state_all(rng["cuda"])
         say(f"resuming from {resume_from} at step {first_step}")
-
-    use_vllm = config.rollout_engine == "vllm" or (config.rollout_engine == "auto" and vllm_available())
-    # A response that would run past the model's context stops there (counted as truncated).
-    context_length = model_context_length(start_model) or longest_prompt + longest_response
-    if use_vllm:
-        engine = VLLMEngine(str(resume_from / "model") if resume_from else start_model,
-                            dtype="bfloat16" if on_gpu else "float32", seed=config.seed + rank,
-                            max_model_len=min(longest_prompt + longest_response, context_length),
-                            memory_utilization=config.vllm_memory_utilization, enable_sleep=config.vllm_sleep)
-    else:
-        if config.rollout_engine == "auto":
-            say("vLLM is not installed: rolling out with transformers generate (much slower)")
-        engine = HFEngine(policy, tokenizer)
 
     def evaluate(step, max_new_tokens):
         """Greedy accuracy on the held-out sets, on the colocated engine (no second copy of the model).
@@ -644,8 +691,10 @@ def main(argv=None):
         if task == "code":
             from reward_code import grade_code_batch
 
+            # The ranks of one box share its cores: each takes its part, so time limits mean the same.
+            workers = max(1, (os.cpu_count() or 1) // int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
             graded = grade_code_batch(responses, [problems[s.prompt_index]["tests"] for s in samples],
-                                      partial_credit=config.code_partial_credit)
+                                      partial_credit=config.code_partial_credit, num_workers=workers)
         else:
             graded = grade_batch(responses, [problems[s.prompt_index]["answer"] for s in samples],
                                  config.reward_scheme)
@@ -778,7 +827,7 @@ def main(argv=None):
             trainer_state = {"step": step, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                              "critic_optimizer": critic_optimizer.state_dict() if critic_optimizer else None,
                              "bad_steps_in_a_row": bad_steps_in_a_row, "data_states": data_states,
-                             "world_size": world_size}
+                             "stages": stages, "stage_sizes": stage_sizes, "world_size": world_size}
             saved = save_checkpoint(output_dir, step, rank=rank, world_size=world_size, keep=config.keep_checkpoints,
                                     policy=policy, tokenizer=tokenizer, critic=critic, trainer_state=trainer_state)
             if stop_signal:

@@ -118,3 +118,16 @@ def test_extending_a_finished_gae_run_equals_running_it_longer(tiny_model_dir, t
     for name in ("final/model.safetensors", "checkpoints/step_000006/critic/model.safetensors"):
         expected, resumed = load_file(longer / name), load_file(extended / name)
         assert all(torch.equal(resumed[key], value) for key, value in expected.items()), name
+
+
+def test_resuming_over_changed_data_is_refused(tiny_model_dir, toy_data, tmp_path):
+    """The checkpoint's data position indexes the problems: a data file that changed under it stops the run."""
+    data = tmp_path / "train.jsonl"
+    data.write_text(toy_data.read_text())
+    arguments = command(tiny_model_dir, data, tmp_path / "run")
+    arguments[arguments.index("--max-steps") + 1] = "2"
+    assert subprocess.run(arguments, cwd=ROOT, capture_output=True, text=True).returncode == 0
+    data.write_text("".join(toy_data.read_text().splitlines(keepends=True)[:12]))
+    arguments[arguments.index("--max-steps") + 1] = "4"
+    result = subprocess.run(arguments, cwd=ROOT, capture_output=True, text=True)
+    assert result.returncode != 0 and "made with other stages or other data" in result.stderr, result.stderr[-2000:]

@@ -67,6 +67,9 @@ BAD_INPUTS = {
     "no-answer": (["--train-data", "{dir}/no_answer.jsonl"], "no_answer.jsonl:2: no gold answer"),
     "no-problem": (["--train-data", "{dir}/no_problem.jsonl"], "no_problem.jsonl:1: no problem"),
     "stage-field": (["--stages", "train_data={dir}/train.jsonl,lr=3"], "stage 1 sets lr"),
+    "stage-syntax": (["--stages", "train_data"], "stage 1: train_data has no value"),
+    "stage-value": (["--stages", "train_data={dir}/train.jsonl;max_steps=many"], "stage 2: max_steps='many'"),
+    "stage-temperature": (["--stages", "train_data={dir}/train.jsonl,temperature=0"], "temperature must be above 0"),
     "too-few": (["--prompts-per-step", "64"], "fewer than --prompts-per-step"),
 }
 
