@@ -38,7 +38,7 @@ from pathlib import Path
 import torch
 
 from data.problems import (PROMPT_TEMPLATES, TEMPLATE_STOP_STRINGS, default_template, format_prompt, load_problems,
-                           task_template)
+                           problem_prompt, task_of, task_template)
 from reward import extract_boxed, grade_batch
 from reward_code import grade_code_batch
 
@@ -278,9 +278,6 @@ def pass_k_values(n):
 #### Evaluation: generate, grade, summarize
 
 
-def _task_of(problem):
-    return problem.get("task") or "math"
-
 
 def generate_and_grade(engine, problems, template, max_new_tokens, temperature=0.0, top_p=1.0,
                        samples_per_problem=1, keywords=REFLECTION_KEYWORDS, batch_size=None):
@@ -297,7 +294,7 @@ def generate_and_grade(engine, problems, template, max_new_tokens, temperature=0
     by_template = {}  # prompt template -> indices of the problems asked with it
     for index, problem in enumerate(problems):
         if not problem.get("prompt_too_long"):
-            by_template.setdefault(task_template(template, _task_of(problem)), []).append(index)
+            by_template.setdefault(task_template(template, task_of(problem)), []).append(index)
     samples = {}  # problem index -> its samples_per_problem samples
     for prompt_template, indices in by_template.items():
         prompts = [format_prompt(problems[index]["problem"], prompt_template) for index in indices]
@@ -318,7 +315,7 @@ def generate_and_grade(engine, problems, template, max_new_tokens, temperature=0
                 responses.append((sample.response_text, sample.finish_reason, len(sample.response_token_ids)))
     rows_of = {"math": [], "code": []}  # response rows of each task
     for row in range(len(responses)):
-        rows_of[_task_of(problems[row // samples_per_problem])].append(row)
+        rows_of[task_of(problems[row // samples_per_problem])].append(row)
     graded = {}  # row -> (pred, correct, extra record fields)
     if rows_of["math"]:
         math_rows = rows_of["math"]
@@ -626,8 +623,7 @@ def mark_too_long_prompts(problems, tokenizer, template, context_length):
     generated for, and counts as wrong); return the length in tokens of the longest prompt that fits."""
     longest_prompt = 0
     for problem in problems:
-        prompt = format_prompt(problem["problem"], task_template(template, _task_of(problem)))
-        prompt_length = len(tokenizer(prompt)["input_ids"])
+        prompt_length = len(tokenizer(problem_prompt(problem, template))["input_ids"])
         if prompt_length >= context_length:
             problem["prompt_too_long"] = True
         else:

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from data.problems import default_template, format_prompt, load_problems, task_template
+from data.problems import default_template, load_problems, problem_prompt
 from ppo import make_optimizer, response_logprobs_and_entropy
 
 RESPONSE_FIELDS = ("response", "solution", "output", "completion")
@@ -55,8 +55,7 @@ def load_sft_pairs(source, template, tokenizer, check_answers=True):
         if index in checked and index not in correct:
             continue
         # The prompt RL will ask it with: code rows (with "tests") take the code template.
-        prompt = format_prompt(row["problem"], task_template(template, row.get("task", "math")))
-        prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+        prompt_ids = tokenizer(problem_prompt(row, template), add_special_tokens=False)["input_ids"]
         response_ids = tokenizer(response, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
         pairs.append({"prompt_ids": prompt_ids, "response_ids": response_ids})
     counts = {"rows": len(rows), "without_response": len(rows) - len(rows_with_response),

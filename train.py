@@ -487,7 +487,8 @@ def main(argv=None):
 
     from transformers import AutoTokenizer
 
-    from data.problems import TEMPLATE_STOP_STRINGS, default_template, format_prompt, load_problems, task_template
+    from data.problems import (TEMPLATE_STOP_STRINGS, default_template, load_problems, problem_prompt, task_of,
+                               task_template)
     from evaluate import (benchmark_metrics, dynamics_metrics, generate_and_grade, load_benchmarks, make_reporters,
                           model_context_length, parse_keywords, summarize)
     from ppo import all_ranks_sum, compute_advantages, kl_estimate, make_optimizer, ppo_update, \
@@ -517,7 +518,7 @@ def main(argv=None):
                                      task=None if stage["task"] == "auto" else stage["task"])
         except (ValueError, FileNotFoundError) as error:
             sys.exit(f"training data of stage {number}: {error}")
-        tasks = sorted({p.get("task", "math") for p in problems})
+        tasks = sorted({task_of(p) for p in problems})
         if len(tasks) > 1:
             sys.exit(f"{stage['train_data']} mixes {' and '.join(tasks)} problems: give each task its own stage")
         stage_problems.append(problems)
@@ -534,9 +535,8 @@ def main(argv=None):
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     template = config.template or default_template(tokenizer)
-    prompt_of = lambda problem: format_prompt(problem["problem"], task_template(template, problem.get("task", "math")))  # noqa: E731
     for number, (stage, problems) in enumerate(zip(stages, stage_problems), 1):
-        lengths = [len(ids) for ids in tokenizer([prompt_of(p) for p in problems])["input_ids"]]
+        lengths = [len(ids) for ids in tokenizer([problem_prompt(p, template) for p in problems])["input_ids"]]
         kept = [p for p, length in zip(problems, lengths) if length <= config.max_prompt_len]
         say(f"stage {number}: {stage['max_steps']} steps on {len(kept)} {stage_tasks[number - 1]} problems from "
             f"{stage['train_data']} ({len(problems) - len(kept)} skipped as longer than --max-prompt-len "
@@ -546,7 +546,7 @@ def main(argv=None):
                      f"{config.prompts_per_step}")
         stage_problems[number - 1] = kept
     keywords = parse_keywords(config.reflection_keywords)
-    longest_prompt = max([config.max_prompt_len] + [len(tokenizer(prompt_of(p))["input_ids"])
+    longest_prompt = max([config.max_prompt_len] + [len(tokenizer(problem_prompt(p, template))["input_ids"])
                                                     for problems in held_out.values() for p in problems])
     longest_response = max(stage["max_new_tokens"] for stage in stages)
     total_steps = sum(stage["max_steps"] for stage in stages)
@@ -677,7 +677,8 @@ def main(argv=None):
         local_indices = rank_share(batch_indices, rank, world_size)
         problems = [all_problems[index] for index in local_indices]
         engine.wake_up()
-        samples = engine.generate([prompt_of(p) for p in problems], samples_per_prompt=config.samples_per_prompt,
+        samples = engine.generate([problem_prompt(p, template) for p in problems],
+                                  samples_per_prompt=config.samples_per_prompt,
                                   temperature=stage["temperature"], top_p=config.top_p,
                                   max_new_tokens=stage["max_new_tokens"], stop=TEMPLATE_STOP_STRINGS[stage_template],
                                   seed=random.Random(f"rollout {config.seed} {step} {rank}").randrange(2 ** 31))
@@ -815,7 +816,8 @@ def main(argv=None):
             report(metrics, step)
             for sample, prediction, reward in list(zip(samples, graded["pred"], graded["reward"]))[:config.log_samples]:
                 problem = problems[sample.prompt_index]
-                samples_file.write(json.dumps({"step": step, "prompt": prompt_of(problem), "response": sample.response_text,
+                samples_file.write(json.dumps({"step": step, "prompt": problem_prompt(problem, template),
+                                               "response": sample.response_text,
                                                "gold": problem.get("answer"), "pred": prediction, "reward": reward,
                                                "finish_reason": sample.finish_reason}) + "\n")
             samples_file.flush()
@@ -827,7 +829,7 @@ def main(argv=None):
             trainer_state = {"step": step, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                              "critic_optimizer": critic_optimizer.state_dict() if critic_optimizer else None,
                              "bad_steps_in_a_row": bad_steps_in_a_row, "data_states": data_states,
-                             "stages": stages, "stage_sizes": stage_sizes, "world_size": world_size}
+                             "stages": stages, "stage_sizes": stage_sizes}
             saved = save_checkpoint(output_dir, step, rank=rank, world_size=world_size, keep=config.keep_checkpoints,
                                     policy=policy, tokenizer=tokenizer, critic=critic, trainer_state=trainer_state)
             if stop_signal:

@@ -46,7 +46,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script: import the project's modules
 from data.problems import (PROMPT_TEMPLATES, _read_rows, default_template,  # noqa: E402
-                           load_problems)
+                           load_problems, task_of)
 
 #### Reading: the problems as train.py sees them, and the input row behind each
 
@@ -87,11 +87,6 @@ def load_rows_and_problems(source, limit=None):
 
 
 #### Pass rates
-
-
-def task_of(problem):
-    """"math" or "code"; a problem without a "task" key is math (every problem file before code support)."""
-    return problem.get("task") or "math"
 
 
 def count_correct(engine, problems, template, *, samples_per_prompt, temperature=1.0, top_p=1.0,

@@ -95,6 +95,16 @@ def format_prompt(problem, template):
     return PROMPT_TEMPLATES[template].format(problem=problem)
 
 
+def task_of(problem):
+    """"math" or "code"; a problem dict without a "task" key (built by hand, or before code support) is math."""
+    return problem.get("task") or "math"
+
+
+def problem_prompt(problem, template):
+    """The prompt for a problem dict: its text in the template of its task (see task_template)."""
+    return format_prompt(problem["problem"], task_template(template, task_of(problem)))
+
+
 #### Reading rows
 
 def _read_rows(source):
