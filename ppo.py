@@ -6,12 +6,15 @@ the j-th response token, predicted from the hidden state of the token before it.
 marks the real (non-padding) response tokens. Sequence-level quantities are [B], and the
 samples_per_prompt responses to one prompt are contiguous (a "group").
 
-Data parallel (torchrun): each rank holds a full replica and its own share of the rollout, always whole
-groups. Everything that spans the batch is computed over all ranks with an all-reduce: the whitening
-statistics, the loss normalizers (tokens and sequences of the global mini-batch) and the gradients. So
-with one mini-batch per rollout the update equals a single process's update on the whole batch, whatever
-the number of ranks; with several, each rank shuffles its own share into them, so which samples share a
-mini-batch depends on the split (the same update in distribution, not bit for bit).
+Several ranks (torchrun). Each rank holds its own share of the rollout, always whole groups, and the
+model either replicated (every rank a full copy; we sum the gradients over ranks ourselves) or sharded
+with PyTorch's FSDP2 (each rank keeps 1/N of the weights, gradients and optimizer state; FSDP2 gathers
+a layer's weights just before it runs and reduce-scatters its gradients). Either way everything that
+spans the batch is computed over all ranks: the whitening statistics, the loss normalizers (tokens and
+sequences of the global mini-batch) and the gradients (summed, not averaged). So with one mini-batch
+per rollout the update equals a single process's update on the whole batch, whatever the number of
+ranks; with several, each rank shuffles its own share into them, so which samples share a mini-batch
+depends on the split (the same update in distribution, not bit for bit).
 """
 
 import math
@@ -26,7 +29,7 @@ LOSS_AGGREGATIONS = ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum-no
 KL_ESTIMATORS = ("k1", "k2", "k3")
 
 
-#### Data parallel: sums over all ranks (no-ops in a single process)
+#### Several ranks: sums over all ranks (no-ops in a single process), and FSDP2 sharding
 
 
 def distributed():
@@ -43,15 +46,118 @@ def all_ranks_sum(tensor, op="sum"):
 
 
 def all_reduce_gradients(parameters):
-    """Sum every gradient over the ranks: the job DistributedDataParallel does, written out. The loss is
-    already normalized by global counts, so the sum (not the mean) is the whole batch's gradient. A rank
-    whose share of the mini-batch was empty contributes zeros."""
+    """Replicas: sum every gradient over the ranks (the job DistributedDataParallel does, written out).
+    The loss is already normalized by global counts, so the sum (not the mean) is the whole batch's
+    gradient. A rank whose share of the mini-batch was empty contributes zeros. (Sharded models need
+    none of this: FSDP2 reduces their gradients itself, in the backward pass.)"""
     if not distributed():
         return
     for parameter in parameters:
         if parameter.grad is None:
             parameter.grad = torch.zeros_like(parameter)
         dist.all_reduce(parameter.grad, op=dist.ReduceOp.SUM)
+
+
+def shard_model(model, mesh, *, mixed_precision=False, cpu_offload=False):
+    """Shard `model` over the ranks of `mesh` with FSDP2 (torch.distributed.fsdp.fully_shard), in place.
+
+    Each decoder layer is one unit: its weights are all-gathered just before it runs and freed after,
+    in the forward pass and again in the backward pass, and its gradients are reduce-scattered as soon
+    as they are complete, so a rank holds 1/N of the weights, gradients and (through them) the optimizer
+    state, plus one layer's full weights at a time. The root unit holds the rest (embeddings, final
+    norm, vocabulary projection); FSDP2 keeps it gathered from the forward to the end of the backward.
+    mixed_precision (GPUs): compute in bf16 from float32 master weights, reduce gradients in float32
+    (what autocast does for replicas). cpu_offload: weights, gradients and optimizer state live in CPU
+    memory, the optimizer step runs there (for models too big for the GPUs even when sharded).
+
+    FSDP2 averages gradients over ranks by default; we make it sum them, because the loss is already
+    normalized by the whole batch's counts (see the module docstring).
+    """
+    from torch.distributed.fsdp import CPUOffloadPolicy, FSDPModule, MixedPrecisionPolicy, OffloadPolicy, fully_shard
+
+    options = dict(mesh=mesh, offload_policy=CPUOffloadPolicy() if cpu_offload else OffloadPolicy(),
+                   mp_policy=MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
+                   if mixed_precision else MixedPrecisionPolicy())
+    # The decoder layer classes, as transformers names them for model parallelism ("do not split").
+    layer_classes = set(getattr(model, "_no_split_modules", None) or ())
+    layers = [module for module in model.modules() if type(module).__name__ in layer_classes]
+    if not layers:
+        raise ValueError(f"{type(model).__name__}: no decoder layers found to shard (_no_split_modules is empty)")
+    for layer in layers:
+        fully_shard(layer, **options)
+    fully_shard(model, **options)
+    for module in model.modules():
+        if isinstance(module, FSDPModule):
+            module.set_gradient_divide_factor(1.0)
+            module.set_force_sum_reduction_for_comms(True)  # a plain sum (gloo has no pre-scaled sum)
+    return model
+
+
+def is_sharded(model):
+    from torch.distributed.fsdp import FSDPModule
+
+    return isinstance(model, FSDPModule)
+
+
+def full_weights(model, dtype=None):
+    """(name, tensor) for every entry of the model's state dict, each one whole, one at a time.
+
+    A sharded entry is cast to `dtype` on each rank and then all-gathered (a collective: every rank must
+    iterate, in the same order). Beyond the rank's own shard, the memory this takes is one full tensor
+    at a time (the largest: the embedding matrix), never a second copy of the model."""
+    for name, tensor in model.state_dict().items():
+        if dtype is not None:
+            tensor = tensor.to(dtype)
+        if hasattr(tensor, "full_tensor"):  # a DTensor: this rank's shard
+            if tensor.device.type != tensor.device_mesh.device_type:  # offloaded to CPU: gather on the GPU
+                tensor = tensor.to(tensor.device_mesh.device_type)
+            tensor = tensor.full_tensor()
+        yield name, tensor
+
+
+def clip_gradients(model, max_norm):
+    """Clip the gradient norm to max_norm; returns the norm before clipping (of the whole model, also
+    when sharded: FSDP2's DTensor gradients make it a norm over all ranks' shards)."""
+    norm = torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)
+    return float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)
+
+
+def micro_batches(indices, micro_batch_size, lockstep):
+    """`indices` cut into micro-batches of at most micro_batch_size.
+
+    lockstep (sharded models): every forward and backward pass of a sharded model is a collective (it
+    gathers weights and reduces gradients with all ranks), so every rank must run the same number of
+    them, although ranks can hold different numbers of sequences (after --drop-zero-signal-groups,
+    even none). The list is then padded with empty micro-batches up to the longest list of any rank;
+    an empty one runs on a placeholder sequence with zero weight (placeholder_sequence)."""
+    batches = [indices[start:start + micro_batch_size] for start in range(0, len(indices), micro_batch_size)]
+    if lockstep:
+        longest = int(all_ranks_sum(torch.tensor(len(batches)), op="max"))
+        batches += [[] for _ in range(longest - len(batches))]
+    return batches
+
+
+def placeholder_sequence(pad_token_id):
+    """(sequences, prompt_lengths) of one padding token answered by another: a pass that exists only to
+    take part in the sharded model's collectives; whatever it computes is weighted 0."""
+    return [[pad_token_id, pad_token_id]], [1]
+
+
+@torch.no_grad()
+def batched_forward(per_token_fn, sequences, prompt_lengths, micro_batch_size, autocast_dtype, device,
+                    lockstep=False, pad_token_id=0):
+    """per_token_fn(sequences, prompt_lengths) -> [b, r], run micro-batch by micro-batch into one [B, R]
+    (lockstep: with placeholder passes where this rank has run out, see micro_batches)."""
+    width = max((len(s) - p for s, p in zip(sequences, prompt_lengths)), default=0)
+    out = torch.zeros(len(sequences), width)
+    for rows in micro_batches(list(range(len(sequences))), micro_batch_size, lockstep):
+        chunk = ([sequences[i] for i in rows], [prompt_lengths[i] for i in rows]) if rows else \
+            placeholder_sequence(pad_token_id)
+        with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
+            values = per_token_fn(*chunk)
+        if rows:
+            out[rows[0]:rows[-1] + 1, :values.shape[1]] = values.float().cpu()
+    return out
 
 
 #### Log-probs, entropy and values at the response positions
@@ -87,6 +193,22 @@ def _chunk_logprob_and_entropy(hidden, targets, lm_head, temperature):
     return logprob, entropy
 
 
+def final_hidden_states(model, input_ids):
+    """The last layer's (normalized) hidden states [B, L, H], from a forward pass of the whole model.
+
+    Why not model.base_model(...): FSDP2 gathers the root unit's weights (embeddings, final norm,
+    vocabulary projection) around the whole model's forward only. So the whole model runs, with
+    logits_to_keep selecting no position (no [B, L, vocab] logits), and a hook takes the base model's
+    output on its way to the projection, which the caller applies in chunks."""
+    captured = []
+    hook = model.base_model.register_forward_hook(lambda module, args, output: captured.append(output.last_hidden_state))
+    try:
+        model(input_ids=input_ids, use_cache=False, logits_to_keep=torch.zeros(0, dtype=torch.long, device=input_ids.device))
+    finally:
+        hook.remove()
+    return captured[0]
+
+
 def response_logprobs_and_entropy(model, sequences, prompt_lengths, temperature=1.0, pad_token_id=0,
                                   chunk_tokens=512):
     """Log-probs [B, R] of the response tokens and the policy entropy [B, R] at each of them.
@@ -100,7 +222,7 @@ def response_logprobs_and_entropy(model, sequences, prompt_lengths, temperature=
     device = next(model.parameters()).device
     input_ids, response_mask, target_positions = _response_positions(sequences, prompt_lengths, pad_token_id, device)
 
-    hidden = model.base_model(input_ids=input_ids, use_cache=False).last_hidden_state  # [B, L, H]
+    hidden = final_hidden_states(model, input_ids)  # [B, L, H]
     hidden = hidden.gather(1, (target_positions - 1)[..., None].expand(-1, -1, hidden.shape[-1]))  # [B, R, H]
     hidden, targets = hidden[response_mask], input_ids.gather(1, target_positions)[response_mask]  # [N, H], [N]
 
@@ -323,7 +445,8 @@ def ppo_update(model, optimizer, batch, *, mini_batches, micro_batch_size, ppo_e
     """PPO over one rollout batch: ppo_epochs passes, each over `mini_batches` shuffled mini-batches (one
     optimizer step each), each mini-batch accumulated over micro-batches (one forward/backward each).
     Under torchrun every rank takes the same number of optimizer steps over its own share of the batch
-    (shares may differ in size, even be empty); see the module docstring.
+    (shares may differ in size, even be empty), and with a sharded model the same number of micro-batch
+    passes (micro_batches); see the module docstring.
 
     batch: "sequences" (token lists), "prompt_lengths" [B], "old_logprobs" [B, R], "ref_logprobs" [B, R]
     or None, "advantages" [B, R], "response_mask" [B, R]; for a critic also "old_values" and "returns"
@@ -340,6 +463,7 @@ def ppo_update(model, optimizer, batch, *, mini_batches, micro_batch_size, ppo_e
     max_response_length = max_response_length or mask_all.shape[1]
     order = list(range(size))
     models = [model] if critic is None else [model, critic]
+    lockstep = is_sharded(model)
     history = {}
     for epoch in range(ppo_epochs):
         random.Random(seed * 1000 + epoch).shuffle(order)
@@ -351,15 +475,18 @@ def ppo_update(model, optimizer, batch, *, mini_batches, micro_batch_size, ppo_e
             normalizers = dict(mini_batch_tokens=max(int(counts[0]), 1), mini_batch_sequences=max(int(counts[1]), 1),
                                max_response_length=max_response_length)
             sums = {}
-            for micro_start in range(0, len(mini_indices), micro_batch_size):
-                indices = torch.tensor(mini_indices[micro_start:micro_start + micro_batch_size])
+            for micro_indices in micro_batches(mini_indices, micro_batch_size, lockstep):
+                indices = torch.tensor(micro_indices, dtype=torch.long)
                 sequences = [batch["sequences"][i] for i in indices]
                 prompt_lengths = [batch["prompt_lengths"][i] for i in indices]
+                if not micro_indices:  # this rank has run out: a zero-weight pass joins the collectives
+                    sequences, prompt_lengths = placeholder_sequence(pad_token_id)
                 with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
                     logprobs, entropy = response_logprobs_and_entropy(
                         model, sequences, prompt_lengths, temperature=temperature, pad_token_id=pad_token_id)
                 width = logprobs.shape[1]
-                take = lambda name: batch[name][indices, :width].to(device)  # noqa: E731
+                take = lambda name: (batch[name][indices, :width] if micro_indices  # noqa: E731
+                                     else torch.zeros(logprobs.shape)).to(device)  # (a placeholder's: mask 0)
                 mask = take("response_mask").float()  # [b, r]
                 old_logprobs, advantages = take("old_logprobs"), take("advantages")
 
@@ -390,16 +517,16 @@ def ppo_update(model, optimizer, batch, *, mini_batches, micro_batch_size, ppo_e
                                             float((metrics["ratio_mean"].detach() * mask).max()))
 
             for each_model in models:
-                all_reduce_gradients(each_model.parameters())
+                if not is_sharded(each_model):  # FSDP2 has reduced a sharded model's gradients already
+                    all_reduce_gradients(each_model.parameters())
             names = ["pg_loss", "entropy", "clip_frac", "ratio_mean"] + ["kl"] * (kl_coef > 0 and kl_in_loss) \
                 + ["value_loss"] * (critic is not None)  # the same list on every rank, even an idle one
             totals = all_ranks_sum(torch.tensor([sums.get(name, 0.0) for name in names], dtype=torch.float64))
             step_metrics = {name: float(total) / normalizers["mini_batch_tokens"] for name, total in zip(names, totals)}
             step_metrics["ratio_max"] = float(all_ranks_sum(torch.tensor(sums.get("ratio_max", 0.0)), op="max"))
-            step_metrics["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(model.parameters(), max_grad_norm))
+            step_metrics["grad_norm"] = clip_gradients(model, max_grad_norm)
             if critic is not None:
-                step_metrics["critic_grad_norm"] = float(torch.nn.utils.clip_grad_norm_(critic.parameters(),
-                                                                                        max_grad_norm))
+                step_metrics["critic_grad_norm"] = clip_gradients(critic, max_grad_norm)
             # A non-finite loss or gradient would poison the weights and Adam's moments for good: skip the
             # optimizer step instead (train.py stops the run after several such steps in a row).
             finite = all(math.isfinite(step_metrics[name]) for name in ("grad_norm", "critic_grad_norm")
@@ -420,9 +547,13 @@ def make_optimizer(model, optim, lr, weight_decay, warmup_steps):
     """AdamW (fused on GPU) or bitsandbytes' 8-bit AdamW; a constant learning rate after a linear warm-up."""
     parameters = [p for p in model.parameters() if p.requires_grad]
     if optim == "adamw":
-        fused = next(model.parameters()).is_cuda
+        fused = next(model.parameters()).is_cuda and not is_sharded(model)  # (the default foreach on DTensors)
         optimizer = torch.optim.AdamW(parameters, lr=lr, weight_decay=weight_decay, fused=fused or None)
     elif optim == "adamw8bit":
+        if is_sharded(model):
+            # Measured (bitsandbytes 0.50.2, torch 2.13): its 8-bit kernels refuse FSDP2's DTensor weights
+            # ("got mixed torch.Tensor and DTensor"). train.py stops on this combination before loading.
+            raise ValueError("--optim adamw8bit does not run on FSDP2-sharded weights; use --sharding replicate")
         import bitsandbytes
 
         optimizer = bitsandbytes.optim.AdamW8bit(parameters, lr=lr, weight_decay=weight_decay)

@@ -64,6 +64,7 @@ class VLLMEngine:
             # sampled from, which is what the trainer recomputes (it divides its logits by the temperature).
             logprobs_mode="processed_logprobs",
         )
+        self.dtype = getattr(torch, dtype)  # what the policy's weights are cast to when synced
         self.asleep = False
 
     def generate(self, prompts, samples_per_prompt, temperature, top_p, max_new_tokens, stop, seed=None):
@@ -100,9 +101,13 @@ class VLLMEngine:
 
         reload_weights with an iterator loads our tensors through vLLM's own weight loaders (which
         handle fused QKV / gate-up layouts and the CPU backend's repacking). Without an iterator it
-        would reload the checkpoint from disk and silently undo every update.
+        would reload the checkpoint from disk and silently undo every update. The iterator streams: a
+        sharded (FSDP2) policy is gathered one tensor at a time as vLLM asks for it (ppo.full_weights),
+        cast to the engine's dtype first, so a sync never holds a second copy of the model.
         """
-        self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": iter(model.state_dict().items())})
+        from ppo import full_weights
+
+        self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": full_weights(model, self.dtype)})
         # Cached KV blocks were computed with the old weights.
         self.llm.reset_prefix_cache()
 

@@ -141,6 +141,17 @@ class Config:
     max_bad_steps: int = flag(3, "stop after this many steps in a row whose every update was skipped for a "
                                  "non-finite loss or gradient")
 
+    # Several GPUs (torchrun)
+    sharding: str = flag("auto", "how the ranks of torchrun hold the policy, reference and critic: replicate (each a "
+                                 "full copy of the weights, gradients and optimizer state; fewest collectives) or "
+                                 "fsdp (FSDP2: each rank keeps 1/N of them and gathers a layer's weights when it "
+                                 "runs; what 7B and up need); auto: fsdp when the replicated training state would "
+                                 "take more than half of the memory the engine leaves a GPU, else replicate "
+                                 "(ignored in a single process)", choices=["auto", "replicate", "fsdp"])
+    fsdp_offload: bool = flag(False, "with --sharding fsdp: keep weights, gradients and optimizer state in CPU "
+                                     "memory, the optimizer step on the CPU (FSDP2's CPU offload; slower; for models "
+                                     "that do not fit the GPUs even sharded)")
+
     # Evaluation, logging, the rest
     eval_every: int = flag(None, "evaluate on --eval-data every N steps (auto: 10 on GPU, 0 = start and end "
                                  "only on CPU)")
@@ -225,7 +236,44 @@ def resolve_auto(config, on_gpu, world_size=1):
     if config.vllm_sleep and not on_gpu:
         print("note: --vllm-sleep has no effect without a GPU; ignored")
         config.vllm_sleep = False
+    if config.sharding == "fsdp" and config.optim == "adamw8bit":
+        sys.exit("--optim adamw8bit cannot run with --sharding fsdp: bitsandbytes' 8-bit kernels refuse FSDP2's "
+                 "sharded (DTensor) weights. Use --optim adamw (sharded, its state is 1/N per GPU anyway) or "
+                 "--sharding replicate")
+    if config.sharding == "fsdp" and config.rollout_engine == "hf":
+        sys.exit("--rollout-engine hf cannot run with --sharding fsdp: each rank would generate a different number "
+                 "of tokens, and every forward pass of a sharded model needs all ranks. Use vLLM, or --sharding "
+                 "replicate")
+    if config.fsdp_offload and config.sharding == "replicate":
+        sys.exit("--fsdp-offload needs --sharding fsdp (or auto)")
     return config
+
+
+def choose_sharding(config, model_path, world_size, on_gpu, use_vllm):
+    """replicate or fsdp (under torchrun), none (one process). auto: fsdp when the replicated training
+    state, float32 weights + gradients + AdamW's two moments (16 bytes a parameter), the float32
+    reference (4) and the critic (16), would take more than half of the memory the engine leaves a GPU
+    (the other half is for activations); replicas otherwise: they gather nothing, and 8-bit AdamW and
+    transformers generate run on them."""
+    if world_size == 1:
+        return "none"
+    if config.sharding != "auto":
+        return config.sharding
+    if config.fsdp_offload:
+        return "fsdp"
+    if config.optim == "adamw8bit" or not use_vllm:
+        return "replicate"
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    with torch.device("meta"):  # shapes only: counts the parameters without loading the weights
+        parameters = sum(p.numel() for p in AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(model_path))
+                         .parameters())
+    state_bytes = parameters * (16 + 4 * (config.kl_coef > 0) + 16 * (config.adv_estimator == "gae"))
+    if on_gpu:
+        device_bytes = torch.cuda.get_device_properties(torch.cuda.current_device()).total_memory
+    else:
+        device_bytes = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    return "fsdp" if state_bytes > 0.5 * (1 - config.vllm_memory_utilization) * device_bytes else "replicate"
 
 
 #### Helpers
@@ -257,19 +305,6 @@ def load_critic(path, device, gradient_checkpointing=False):
     if gradient_checkpointing:
         critic.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     return critic
-
-
-@torch.no_grad()
-def batched_forward(per_token_fn, sequences, prompt_lengths, micro_batch_size, autocast_dtype, device):
-    """per_token_fn(sequences, prompt_lengths) -> [b, r], run micro-batch by micro-batch into one [B, R]."""
-    width = max((len(s) - p for s, p in zip(sequences, prompt_lengths)), default=0)
-    out = torch.zeros(len(sequences), width)
-    for start in range(0, len(sequences), micro_batch_size):
-        end = start + micro_batch_size
-        with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
-            values = per_token_fn(sequences[start:end], prompt_lengths[start:end])
-        out[start:end, :values.shape[1]] = values.float().cpu()
-    return out
 
 
 def next_prompt_batch(data_state, num_problems, prompts_per_step, seed):
@@ -393,7 +428,7 @@ def barrier(world_size):
 RESUMABLE_CHANGES = {"max_steps", "save_every", "keep_checkpoints", "resume", "eval_every", "eval_data",
                      "eval_benchmarks", "eval_data_dir", "eval_limit", "log_samples", "report_to",
                      "reflection_keywords", "micro_batch_size", "vllm_memory_utilization", "vllm_sleep",
-                     "gradient_checkpointing", "rollout_engine"}
+                     "gradient_checkpointing", "rollout_engine", "sharding", "fsdp_offload"}
 
 
 def checkpoint_dirs(output_dir):
@@ -408,23 +443,72 @@ def rng_states():
     return states
 
 
-def save_checkpoint(output_dir, step, *, rank, world_size, keep, policy, tokenizer, critic, trainer_state):
-    """OUTPUT_DIR/checkpoints/step_N: model/ (save_pretrained, with the tokenizer), critic/ for gae,
-    trainer_state.pt (optimizers, scheduler, step, data position) and rng_rank<r>.pt per rank. It is
-    written under a temporary name and renamed when complete, so a crash while saving leaves the
-    previous checkpoint as the newest; only the newest `keep` are kept."""
+def save_full_model(model, tokenizer, directory, main_process):
+    """A save_pretrained directory (with the tokenizer) of the whole model, which vLLM and transformers
+    load as it is. A sharded model is gathered one tensor at a time (every rank takes part); rank 0
+    collects them in CPU memory and writes."""
+    from ppo import full_weights, is_sharded
+
+    if not is_sharded(model):
+        if main_process:
+            model.save_pretrained(directory)
+            tokenizer.save_pretrained(directory)
+        return
+    state = {}
+    for name, tensor in full_weights(model):
+        if main_process:
+            state[name] = tensor.cpu()
+    if main_process:
+        model.save_pretrained(directory, state_dict=state)
+        tokenizer.save_pretrained(directory)
+
+
+def training_states(policy, optimizer, critic, critic_optimizer):
+    """The models' weights and optimizer states as torch.distributed.checkpoint saves and loads them:
+    each rank its own shards of a sharded model (nothing is gathered), one copy of replicated ones."""
+    from torch.distributed.checkpoint.state_dict import get_state_dict
+
+    states = {}
+    for name, model, model_optimizer in (("policy", policy, optimizer), ("critic", critic, critic_optimizer)):
+        if model is not None:
+            states[name], states[f"{name}_optimizer"] = get_state_dict(model, model_optimizer)
+    return states
+
+
+def load_training_state(checkpoint, *, policy, optimizer, critic, critic_optimizer):
+    """Weights and optimizer states from checkpoint/training_state, into models of any sharding (the
+    checkpoint may have been written with another one, or another number of ranks)."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import set_state_dict
+
+    states = training_states(policy, optimizer, critic, critic_optimizer)
+    dcp.load(states, checkpoint_id=checkpoint / "training_state")
+    for name, model, model_optimizer in (("policy", policy, optimizer), ("critic", critic, critic_optimizer)):
+        if model is not None:
+            set_state_dict(model, model_optimizer, model_state_dict=states[name],
+                           optim_state_dict=states[f"{name}_optimizer"])
+
+
+def save_checkpoint(output_dir, step, *, rank, world_size, keep, policy, tokenizer, optimizer, critic,
+                    critic_optimizer, trainer_state):
+    """OUTPUT_DIR/checkpoints/step_N: model/ (save_pretrained, with the tokenizer), training_state/ (the
+    policy's and critic's weights and optimizer states, sharded as they are: torch.distributed.checkpoint),
+    trainer_state.pt (scheduler, step, data position) and rng_rank<r>.pt per rank. It is written under a
+    temporary name and renamed when complete, so a crash while saving leaves the previous checkpoint as
+    the newest; only the newest `keep` are kept."""
+    import torch.distributed.checkpoint as dcp
+
     root = output_dir / "checkpoints"
     temporary, final = root / f".tmp_step_{step:06d}", root / f"step_{step:06d}"
-    if rank == 0:  # the replicas are identical: rank 0 writes the shared parts
+    if rank == 0:
         for unfinished in root.glob(".tmp_step_*"):  # left by a crash while saving
             shutil.rmtree(unfinished)
         temporary.mkdir(parents=True)
-        policy.save_pretrained(temporary / "model")
-        tokenizer.save_pretrained(temporary / "model")
-        if critic is not None:
-            critic.save_pretrained(temporary / "critic")
-        torch.save(trainer_state, temporary / "trainer_state.pt")
     barrier(world_size)
+    save_full_model(policy, tokenizer, temporary / "model", main_process=rank == 0)
+    dcp.save(training_states(policy, optimizer, critic, critic_optimizer), checkpoint_id=temporary / "training_state")
+    if rank == 0:
+        torch.save(trainer_state, temporary / "trainer_state.pt")
     torch.save(rng_states(), temporary / f"rng_rank{rank}.pt")
     barrier(world_size)
     if rank == 0:
@@ -491,8 +575,10 @@ def main(argv=None):
                                task_template)
     from evaluate import (benchmark_metrics, dynamics_metrics, generate_and_grade, load_benchmarks, make_reporters,
                           model_context_length, parse_keywords, summarize)
-    from ppo import all_ranks_sum, compute_advantages, kl_estimate, make_optimizer, ppo_update, \
-        response_logprobs_and_entropy, response_values
+    from torch.distributed.device_mesh import init_device_mesh
+
+    from ppo import all_ranks_sum, batched_forward, compute_advantages, is_sharded, kl_estimate, make_optimizer, \
+        ppo_update, response_logprobs_and_entropy, response_values, shard_model
     from reward import grade_batch
     from rollout import HFEngine, VLLMEngine, vllm_available
     from sft import load_sft_pairs, train_supervised
@@ -565,37 +651,53 @@ def main(argv=None):
                      "another --output-dir to start a new run.")
 
     #### Models: the policy (trained), the reference (frozen, for the KL loss), the rollout engine
+    use_vllm = config.rollout_engine == "vllm" or (config.rollout_engine == "auto" and vllm_available())
+    sharding = choose_sharding(config, config.model, world_size, on_gpu, use_vllm)
+    if sharding == "fsdp" and not use_vllm:
+        sys.exit("--sharding fsdp needs the vLLM engine (transformers generate would make each rank run a different "
+                 "number of forward passes of the sharded model); install vllm, or use --sharding replicate")
+    if world_size > 1:
+        say(f"sharding: {sharding} over {world_size} ranks" + (" (auto)" if config.sharding == "auto" else ""))
+    # Models to be sharded are read into CPU memory; FSDP2 then moves each layer's shard to its GPU.
+    load_device = torch.device("cpu") if sharding == "fsdp" else device
     start_model = config.model  # what the reference, the critic and (unless resuming) the policy start from
     if config.sft_steps > 0 and resume_from is not None:
         start_model = str(output_dir / "sft")  # the warm-up was done before the checkpoint was written
-    policy = load_model(str(resume_from / "model") if resume_from else config.model, device,
+    policy = load_model(str(resume_from / "model") if resume_from else config.model, load_device,
                         config.gradient_checkpointing)
     policy.train()
     if config.sft_steps > 0 and resume_from is None:
         # SimpleRL: supervised warm-up first; the RL stage then starts from, and stays close to, its result.
-        # Under torchrun rank 0 warms up and the other ranks load its result: the replicas must be equal.
+        # Under torchrun rank 0 warms up (unsharded, on its GPU) and the other ranks load its result.
         start_model = str(output_dir / "sft")
         if main_process:
             pairs, counts = load_sft_pairs(config.sft_data, template, tokenizer)
             say(f"supervised warm-up on {config.sft_data}: {json.dumps(counts)}")
-            train_supervised(policy, tokenizer, pairs, steps=config.sft_steps, batch_size=config.sft_batch_size,
-                             lr=config.sft_lr, optim=config.optim, seed=config.seed, autocast_dtype=autocast_dtype)
-            policy.save_pretrained(start_model)
+            train_supervised(policy.to(device), tokenizer, pairs, steps=config.sft_steps,
+                             batch_size=config.sft_batch_size, lr=config.sft_lr, optim=config.optim, seed=config.seed,
+                             autocast_dtype=autocast_dtype)
+            policy.to(load_device).save_pretrained(start_model)
             tokenizer.save_pretrained(start_model)
         barrier(world_size)
         if not main_process:
-            policy = load_model(start_model, device, config.gradient_checkpointing).train()
+            policy = load_model(start_model, load_device, config.gradient_checkpointing).train()
     reference = None
     if config.kl_coef > 0:
-        reference = load_model(start_model, device).eval().requires_grad_(False)
+        reference = load_model(start_model, load_device).eval().requires_grad_(False)
     critic = None
     if config.adv_estimator == "gae":
-        critic = load_critic(str(resume_from / "critic") if resume_from else start_model, device,
-                             config.gradient_checkpointing).train()
+        critic = load_critic(start_model, load_device, config.gradient_checkpointing).train()
+    if sharding == "fsdp":
+        # FSDP2 over all ranks: each keeps 1/world_size of every model's weights (and of the policy's and the
+        # critic's gradients and optimizer state). Its mixed precision replaces autocast on GPUs.
+        mesh = init_device_mesh(device.type, (world_size,))
+        for model in (policy, reference, critic):
+            if model is not None:
+                shard_model(model, mesh, mixed_precision=on_gpu, cpu_offload=config.fsdp_offload)
+        autocast_dtype = None
 
     # The engine starts before the optimizer states exist: vLLM claims its share of the free GPU memory
     # at start, which a resumed run's Adam moments would otherwise have taken.
-    use_vllm = config.rollout_engine == "vllm" or (config.rollout_engine == "auto" and vllm_available())
     # A response that would run past the model's context stops there (counted as truncated).
     context_length = model_context_length(start_model) or longest_prompt + longest_response
     if use_vllm:
@@ -616,10 +718,9 @@ def main(argv=None):
     first_step, bad_steps_in_a_row = 1, 0
     data_states = [new_data_state() for _ in stages]
     if resume_from is not None:
-        optimizer.load_state_dict(trainer_state["optimizer"])
+        load_training_state(resume_from, policy=policy, optimizer=optimizer, critic=critic,
+                            critic_optimizer=critic_optimizer)
         scheduler.load_state_dict(trainer_state["scheduler"])
-        if critic_optimizer is not None:
-            critic_optimizer.load_state_dict(trainer_state["critic_optimizer"])
         first_step, bad_steps_in_a_row = trainer_state["step"] + 1, trainer_state["bad_steps_in_a_row"]
         data_states = trainer_state["data_states"]
         rng_file = resume_from / f"rng_rank{rank}.pt"
@@ -724,7 +825,8 @@ def main(argv=None):
         response_lengths = torch.tensor([len(s.response_token_ids) for s in train_samples], dtype=torch.long)  # [B]
         width = int(response_lengths.max()) if train_samples else 0
         response_mask = torch.arange(width)[None, :] < response_lengths[:, None]  # [B, R]
-        forward_args = dict(micro_batch_size=config.micro_batch_size, autocast_dtype=autocast_dtype, device=device)
+        forward_args = dict(micro_batch_size=config.micro_batch_size, autocast_dtype=autocast_dtype, device=device,
+                            lockstep=is_sharded(policy), pad_token_id=tokenizer.pad_token_id)
         logprobs_of = lambda model: (lambda seqs, lens: response_logprobs_and_entropy(  # noqa: E731
             model, seqs, lens, temperature=stage["temperature"], pad_token_id=tokenizer.pad_token_id)[0])
         update_metrics = {}
@@ -826,12 +928,12 @@ def main(argv=None):
 
         stop_signal = int(all_ranks_sum(torch.tensor(len(signals_received))))  # every rank stops together
         if stop_signal or (config.save_every and (step % config.save_every == 0 or step == total_steps)):
-            trainer_state = {"step": step, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                             "critic_optimizer": critic_optimizer.state_dict() if critic_optimizer else None,
+            trainer_state = {"step": step, "scheduler": scheduler.state_dict(),
                              "bad_steps_in_a_row": bad_steps_in_a_row, "data_states": data_states,
                              "stages": stages, "stage_sizes": stage_sizes}
             saved = save_checkpoint(output_dir, step, rank=rank, world_size=world_size, keep=config.keep_checkpoints,
-                                    policy=policy, tokenizer=tokenizer, critic=critic, trainer_state=trainer_state)
+                                    policy=policy, tokenizer=tokenizer, optimizer=optimizer, critic=critic,
+                                    critic_optimizer=critic_optimizer, trainer_state=trainer_state)
             if stop_signal:
                 say(f"SIGTERM: saved {saved} at step {step}; run the same command again to continue")
                 sys.exit(128 + signal.SIGTERM)
@@ -840,9 +942,8 @@ def main(argv=None):
                      f"update; stopping (see {output_dir / 'metrics.jsonl'}; a lower --lr often helps)")
 
     #### Save: a directory vLLM and transformers load as it is
+    save_full_model(policy, tokenizer, output_dir / "final", main_process)
     if main_process:
-        policy.save_pretrained(output_dir / "final")
-        tokenizer.save_pretrained(output_dir / "final")
         metrics_file.close()
         samples_file.close()
         say(f"saved {output_dir / 'final'}")

@@ -1,5 +1,6 @@
-"""Data parallel on CPU with the gloo backend: two ranks, each with part of the batch, must end with the
-same weights as one process that saw the whole batch (global normalizers, summed gradients)."""
+"""Several ranks on CPU with the gloo backend: two ranks, each with part of the batch, must end with the
+same weights as one process that saw the whole batch (global normalizers, summed gradients), with
+replicated models (our own gradient all-reduce) and with FSDP2-sharded ones (FSDP2's reduce-scatter)."""
 
 import copy
 import os
@@ -9,14 +10,19 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-from transformers import AutoModelForCausalLM
+from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForTokenClassification
 
-from ppo import ppo_update, whiten
+from ppo import full_weights, ppo_update, response_values, shard_model, whiten
 from test_ppo import UPDATE_ARGS, fixed_batch
 
 LOSS_AGGREGATIONS = ["token-mean", "seq-mean-token-mean", "seq-mean-token-sum-norm"]
-# Uneven shares, as after --drop-zero-signal-groups: rank 0 gets 3 sequences, rank 1 gets 5.
-SHARES = [range(0, 3), range(3, 8)]
+# Uneven shares, as after --drop-zero-signal-groups: rank 0 gets 3 sequences, rank 1 gets 5; and a rank
+# left with nothing at all, which must still join every collective of the sharded model.
+SHARES = {"3+5": [range(0, 3), range(3, 8)], "0+8": [range(0, 0), range(0, 8)]}
+# (sharding, shares, loss aggregation, with a critic)
+VARIANTS = [("replicate", "3+5", agg, False) for agg in LOSS_AGGREGATIONS] + \
+           [("fsdp", "3+5", agg, False) for agg in LOSS_AGGREGATIONS] + \
+           [("fsdp", "3+5", "token-mean", True), ("fsdp", "0+8", "token-mean", True)]
 
 
 def shard(batch, rows):
@@ -25,16 +31,57 @@ def shard(batch, rows):
             for name, value in batch.items()}
 
 
-def update(model_dir, batch, loss_agg):
+def training_state_bytes(models, optimizers):
+    """Bytes this rank holds of weights, gradients and optimizer state (its shards, when sharded)."""
+    local = lambda tensor: tensor.to_local() if hasattr(tensor, "to_local") else tensor  # noqa: E731
+    total = 0
+    for model in models:
+        for parameter in model.parameters():
+            total += local(parameter).nbytes + (local(parameter.grad).nbytes if parameter.grad is not None else 0)
+    for optimizer in optimizers:
+        for state in optimizer.state.values():
+            total += sum(local(value).nbytes for value in state.values() if torch.is_tensor(value) and value.dim())
+    return total
+
+
+def update(model_dir, batch, loss_agg, *, sharding="replicate", with_critic=False):
+    """Two PPO epochs over `batch` (this rank's share); the full weights afterwards, the metrics, the
+    training-state bytes. SGD without clipping: Adam's per-element normalization and gradient clipping
+    would both hide a wrongly scaled loss, which is the bug this test is for."""
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
-    # SGD without clipping: Adam's per-element normalization and gradient clipping would both hide a
-    # wrongly scaled loss, which is the bug this test is for. Two epochs: the second step starts from
-    # updated weights and momentum.
+    critic = critic_optimizer = None
+    if with_critic:
+        critic = AutoModelForTokenClassification.from_pretrained(
+            model_dir, config=AutoConfig.from_pretrained(model_dir, num_labels=1), dtype=torch.float32)
+    if sharding == "fsdp":
+        mesh = torch.distributed.device_mesh.init_device_mesh("cpu", (dist.get_world_size(),))
+        shard_model(model, mesh)
+        if critic is not None:
+            shard_model(critic, mesh)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.5, momentum=0.9)
+    if critic is not None:
+        critic_optimizer = torch.optim.SGD(critic.parameters(), lr=0.5, momentum=0.9)
     metrics = ppo_update(model, optimizer, batch, mini_batches=1, micro_batch_size=2, loss_agg=loss_agg,
-                         max_response_length=16, **{**UPDATE_ARGS, "ppo_epochs": 2, "max_grad_norm": 1e9})
-    return model.state_dict(), metrics
+                         max_response_length=16, critic=critic, critic_optimizer=critic_optimizer,
+                         **{**UPDATE_ARGS, "ppo_epochs": 2, "max_grad_norm": 1e9})
+    state_bytes = training_state_bytes([m for m in (model, critic) if m is not None],
+                                       [o for o in (optimizer, critic_optimizer) if o is not None])
+    weights = {name: tensor.clone() for name, tensor in full_weights(model)}
+    if critic is not None:
+        weights.update({f"critic.{name}": tensor.clone() for name, tensor in full_weights(critic)})
+    return weights, metrics, state_bytes
+
+
+def add_critic_targets(batch, model_dir):
+    """old_values and returns [B, R] for the gae variant: the untrained critic's values and made-up returns."""
+    torch.manual_seed(0)
+    critic = AutoModelForTokenClassification.from_pretrained(
+        model_dir, config=AutoConfig.from_pretrained(model_dir, num_labels=1), dtype=torch.float32)
+    with torch.no_grad():
+        values = response_values(critic, batch["sequences"], batch["prompt_lengths"])
+    mask = batch["response_mask"].float()
+    return dict(batch, old_values=values, returns=(values + torch.linspace(-1.0, 1.0, len(values))[:, None]) * mask)
 
 
 def rank_main(rank, world_size, port, model_dir, batch, output):
@@ -42,10 +89,11 @@ def rank_main(rank, world_size, port, model_dir, batch, output):
     torch.set_num_threads(1)
     dist.init_process_group("gloo", rank=rank, world_size=world_size)
     try:
-        results = {"whitened": whiten(shard(batch, SHARES[rank])["advantages"] + 0.5,
-                                      shard(batch, SHARES[rank])["response_mask"].float())}
-        for loss_agg in LOSS_AGGREGATIONS:
-            results[loss_agg] = update(model_dir, shard(batch, SHARES[rank]), loss_agg)
+        results = {"whitened": whiten(shard(batch, SHARES["3+5"][rank])["advantages"] + 0.5,
+                                      shard(batch, SHARES["3+5"][rank])["response_mask"].float())}
+        for sharding, shares, loss_agg, with_critic in VARIANTS:
+            results[sharding, shares, loss_agg, with_critic] = update(
+                model_dir, shard(batch, SHARES[shares][rank]), loss_agg, sharding=sharding, with_critic=with_critic)
         torch.save(results, f"{output}.{rank}")
     finally:
         dist.destroy_process_group()
@@ -57,55 +105,94 @@ def free_port():
         return sock.getsockname()[1]
 
 
-def test_two_ranks_update_like_one_process(tiny_model_dir, tmp_path):
+@pytest.fixture(scope="module")
+def two_rank_results(tiny_model_dir, tmp_path_factory):
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
     batch = fixed_batch(model, size=8)
     # Non-uniform advantages, so that whitening and normalization mistakes show.
     batch["advantages"] = batch["advantages"] * torch.linspace(0.5, 2.0, 8)[:, None]
+    batch = add_critic_targets(batch, tiny_model_dir)
+    output = tmp_path_factory.mktemp("ranks") / "ranks"
+    mp.spawn(rank_main, args=(2, free_port(), str(tiny_model_dir), batch, str(output)), nprocs=2)
+    return batch, [torch.load(f"{output}.{rank}", weights_only=False) for rank in range(2)]
 
-    mp.spawn(rank_main, args=(2, free_port(), str(tiny_model_dir), batch, str(tmp_path / "ranks")), nprocs=2)
-    ranks = [torch.load(tmp_path / f"ranks.{rank}", weights_only=False) for rank in range(2)]
 
-    mask = batch["response_mask"].float()
-    whole = whiten(batch["advantages"] + 0.5, mask)
+def test_whitening_over_two_ranks_equals_one_process(two_rank_results):
+    batch, ranks = two_rank_results
+    whole = whiten(batch["advantages"] + 0.5, batch["response_mask"].float())
     torch.testing.assert_close(torch.cat([r["whitened"] for r in ranks]), whole, atol=1e-6, rtol=1e-5)
-    for loss_agg in LOSS_AGGREGATIONS:
-        single_weights, single_metrics = update(tiny_model_dir, copy.deepcopy(batch), loss_agg)
-        initial = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32).state_dict()
-        for rank in range(2):
-            weights, metrics = ranks[rank][loss_agg]
-            for name, value in single_weights.items():
+
+
+@pytest.mark.parametrize("variant", VARIANTS, ids=lambda v: f"{v[0]}-{v[1]}-{v[2]}{'-critic' * v[3]}")
+def test_two_ranks_update_like_one_process(variant, two_rank_results, tiny_model_dir):
+    sharding, _, loss_agg, with_critic = variant
+    batch, ranks = two_rank_results
+    single_weights, single_metrics, _ = update(tiny_model_dir, copy.deepcopy(batch), loss_agg, with_critic=with_critic)
+    initial = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32).state_dict()
+    for rank in range(2):
+        weights, metrics, _ = ranks[rank][variant]
+        assert weights.keys() == single_weights.keys()
+        for name, value in single_weights.items():
+            if name in initial:
                 assert not torch.equal(value, initial[name]) or "rotary" in name, f"{name} never moved"
-                torch.testing.assert_close(weights[name], value, atol=1e-5, rtol=1e-4,
-                                           msg=lambda m: f"{loss_agg}, rank {rank}, {name}: {m}")
-            for name in ("pg_loss", "entropy", "kl", "grad_norm"):
-                assert metrics[name] == pytest.approx(single_metrics[name], rel=1e-4, abs=1e-7), (loss_agg, name)
+            torch.testing.assert_close(weights[name], value, atol=1e-5, rtol=1e-4,
+                                       msg=lambda m: f"{variant}, rank {rank}, {name}: {m}")
+        names = ["pg_loss", "entropy", "kl", "grad_norm"] + ["value_loss", "critic_grad_norm"] * with_critic
+        for name in names:
+            assert metrics[name] == pytest.approx(single_metrics[name], rel=1e-4, abs=1e-7), (variant, name)
 
 
+def test_sharded_training_state_is_half_of_the_replicas(two_rank_results):
+    """Per rank, weights + gradients + optimizer state: FSDP2 over 2 ranks holds half of a replica's."""
+    _, ranks = two_rank_results
+    for rank in range(2):
+        replica = ranks[rank]["replicate", "3+5", "token-mean", False][2]
+        sharded = ranks[rank]["fsdp", "3+5", "token-mean", False][2]
+        print(f"rank {rank}: training state {sharded / 1e6:.2f} MB sharded vs {replica / 1e6:.2f} MB replicated "
+              f"(ratio {sharded / replica:.3f})")
+        assert 0.45 < sharded / replica < 0.55
 
-def test_torchrun_runs_the_whole_loop_on_two_ranks(tiny_model_dir, tmp_path):
-    """train.py under torchrun (gloo): each rank its own engine and share of the prompts; logs gathered."""
-    import json
-    import subprocess
+
+def torchrun_command(model_dir, data_dir, output_dir, *extra, steps=3):
     import sys
 
-    from conftest import ROOT
+    return [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(free_port()),
+            "train.py", "--model", str(model_dir), "--train-data", str(data_dir / "train.jsonl"),
+            "--eval-data", str(data_dir / "test.jsonl"), "--output-dir", str(output_dir), "--max-steps", str(steps),
+            "--prompts-per-step", "4", "--samples-per-prompt", "4", "--max-new-tokens", "8", "--save-every", "2", *extra]
+
+
+@pytest.fixture(scope="module")
+def toy_data_dir(tmp_path_factory):
+    import json
+
     from data.toy import make_problems
 
+    directory = tmp_path_factory.mktemp("toy_data")
     train, test = make_problems(seed=1, n_train=16, n_test=4)
     for name, rows in (("train", train), ("test", test)):
-        (tmp_path / f"{name}.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+        (directory / f"{name}.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return directory
+
+
+@pytest.mark.parametrize("sharding", ["replicate", "fsdp"])
+def test_torchrun_runs_the_whole_loop_on_two_ranks(sharding, tiny_model_dir, toy_data_dir, tmp_path):
+    """train.py under torchrun (gloo): each rank its own engine and share of the prompts; logs gathered;
+    sharded, each rank's engine is fed the gathered weights."""
+    import json
+    import subprocess
+
+    from conftest import ROOT
+
     output_dir = tmp_path / "run"
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
-               str(free_port()), "train.py", "--model", str(tiny_model_dir), "--train-data", str(tmp_path / "train.jsonl"),
-               "--eval-data", str(tmp_path / "test.jsonl"), "--output-dir", str(output_dir), "--max-steps", "3",
-               "--prompts-per-step", "4", "--samples-per-prompt", "4", "--max-new-tokens", "8", "--save-every", "2"]
-    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    result = subprocess.run(torchrun_command(tiny_model_dir, toy_data_dir, output_dir, "--sharding", sharding),
+                            cwd=ROOT, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert result.returncode == 0, result.stderr[-4000:]
+    assert f"sharding: {sharding} over 2 ranks" in result.stdout
     rows = [json.loads(line) for line in open(output_dir / "metrics.jsonl")]
     assert [row["step"] for row in rows] == [0, 1, 2, 3]
     assert rows[0]["eval/n"] == 4 and rows[-1]["eval/n"] == 4  # both ranks' shares of the held-out set
     for row in rows[1:]:
-        assert row["rollout_logprob_diff"] < 1e-4  # every rank's engine holds its replica's weights
+        assert row["rollout_logprob_diff"] < 1e-4  # every rank's engine holds the policy's current weights
     assert (output_dir / "checkpoints" / "step_000002" / "rng_rank1.pt").exists()
     assert (output_dir / "final" / "model.safetensors").exists()
