@@ -175,24 +175,79 @@ def toy_data_dir(tmp_path_factory):
     return directory
 
 
-@pytest.mark.parametrize("sharding", ["replicate", "fsdp"])
-def test_torchrun_runs_the_whole_loop_on_two_ranks(sharding, tiny_model_dir, toy_data_dir, tmp_path):
-    """train.py under torchrun (gloo): each rank its own engine and share of the prompts; logs gathered;
-    sharded, each rank's engine is fed the gathered weights."""
-    import json
+def run_torchrun(arguments):
     import subprocess
 
     from conftest import ROOT
 
-    output_dir = tmp_path / "run"
-    result = subprocess.run(torchrun_command(tiny_model_dir, toy_data_dir, output_dir, "--sharding", sharding),
-                            cwd=ROOT, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    result = subprocess.run(arguments, cwd=ROOT, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert result.returncode == 0, result.stderr[-4000:]
+    return result
+
+
+@pytest.fixture(scope="module")
+def sharded_run(tiny_model_dir, toy_data_dir, tmp_path_factory):
+    """A 4-step run under torchrun with --sharding fsdp, never interrupted."""
+    output_dir = tmp_path_factory.mktemp("sharded") / "run"
+    result = run_torchrun(torchrun_command(tiny_model_dir, toy_data_dir, output_dir, "--sharding", "fsdp", steps=4))
+    return output_dir, result
+
+
+@pytest.mark.parametrize("sharding", ["replicate", "fsdp"])
+def test_torchrun_runs_the_whole_loop_on_two_ranks(sharding, sharded_run, tiny_model_dir, toy_data_dir, tmp_path):
+    """train.py under torchrun (gloo): each rank its own engine and share of the prompts; logs gathered;
+    sharded, each rank's engine is fed the gathered weights."""
+    import json
+
+    if sharding == "fsdp":
+        output_dir, result = sharded_run
+    else:
+        output_dir = tmp_path / "run"
+        result = run_torchrun(torchrun_command(tiny_model_dir, toy_data_dir, output_dir, "--sharding", sharding))
     assert f"sharding: {sharding} over 2 ranks" in result.stdout
     rows = [json.loads(line) for line in open(output_dir / "metrics.jsonl")]
-    assert [row["step"] for row in rows] == [0, 1, 2, 3]
+    assert [row["step"] for row in rows] == list(range(len(rows))) and len(rows) >= 4
     assert rows[0]["eval/n"] == 4 and rows[-1]["eval/n"] == 4  # both ranks' shares of the held-out set
     for row in rows[1:]:
         assert row["rollout_logprob_diff"] < 1e-4  # every rank's engine holds the policy's current weights
-    assert (output_dir / "checkpoints" / "step_000002" / "rng_rank1.pt").exists()
+    checkpoint = output_dir / "checkpoints" / "step_000002"
+    assert (checkpoint / "rng_rank1.pt").exists() and (checkpoint / "model" / "model.safetensors").exists()
+    assert (checkpoint / "training_state" / ".metadata").exists()
     assert (output_dir / "final" / "model.safetensors").exists()
+
+
+def test_sharded_run_killed_and_resumed_ends_with_the_same_weights(sharded_run, tiny_model_dir, toy_data_dir, tmp_path):
+    """SIGKILL to every process of a 2-rank FSDP2 run after its step-2 checkpoint; the same command again
+    continues from the sharded checkpoint and ends with the uninterrupted run's weights, bit for bit."""
+    import signal
+    import subprocess
+    import time
+
+    from safetensors.torch import load_file
+
+    from conftest import ROOT
+
+    expected_dir, _ = sharded_run
+    output_dir = tmp_path / "run"
+    arguments = torchrun_command(tiny_model_dir, toy_data_dir, output_dir, "--sharding", "fsdp", steps=4)
+    process = subprocess.Popen(arguments, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                               env={**os.environ, "OMP_NUM_THREADS": "1"})
+    deadline = time.time() + 600
+    while not (output_dir / "checkpoints" / "step_000002").exists():
+        assert process.poll() is None, f"the run ended before its checkpoint: {process.stderr.read()[-3000:]}"
+        assert time.time() < deadline
+        time.sleep(0.01)
+    import psutil
+
+    for child in psutil.Process(process.pid).children(recursive=True):  # both ranks (torchrun gives each a session)
+        child.send_signal(signal.SIGKILL)
+    process.send_signal(signal.SIGKILL)
+    process.communicate(timeout=60)
+    assert not (output_dir / "final").exists(), "the run finished before it was killed"
+
+    result = run_torchrun(arguments)
+    assert "resuming from" in result.stdout
+    expected, resumed = load_file(expected_dir / "final" / "model.safetensors"), load_file(output_dir / "final" / "model.safetensors")
+    assert expected.keys() == resumed.keys()
+    for name, value in expected.items():
+        assert torch.equal(resumed[name], value), name

@@ -115,9 +115,35 @@ def test_extending_a_finished_gae_run_equals_running_it_longer(tiny_model_dir, t
         result = subprocess.run(arguments, cwd=ROOT, capture_output=True, text=True)
         assert result.returncode == 0, result.stderr[-4000:]
     assert "resuming from" in result.stdout and steps_logged(extended) == list(range(1, 7))
-    for name in ("final/model.safetensors", "checkpoints/step_000006/critic/model.safetensors"):
-        expected, resumed = load_file(longer / name), load_file(extended / name)
-        assert all(torch.equal(resumed[key], value) for key, value in expected.items()), name
+    expected, resumed = load_file(longer / "final/model.safetensors"), load_file(extended / "final/model.safetensors")
+    assert all(torch.equal(resumed[key], value) for key, value in expected.items())
+    expected, resumed = (training_state(directory / "checkpoints/step_000006", tmp_path / directory.name)
+                         for directory in (longer, extended))
+    critic_weights = [key for key in expected if key.startswith("critic.")]
+    assert critic_weights and any(key.startswith("critic_optimizer.") for key in expected)
+    for key, value in expected.items():
+        assert torch.equal(resumed[key], value) if torch.is_tensor(value) else resumed[key] == value, key
+
+
+def training_state(checkpoint, scratch):
+    """The checkpoint's torch.distributed.checkpoint directory as one flat dict."""
+    from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
+
+    dcp_to_torch_save(checkpoint / "training_state", scratch.with_suffix(".pt"))
+    flat = {}
+
+    def flatten(prefix, value):
+        if isinstance(value, dict):
+            for key, item in value.items():
+                flatten(f"{prefix}.{key}" if prefix else str(key), item)
+        elif isinstance(value, (list, tuple)):
+            for index, item in enumerate(value):
+                flatten(f"{prefix}.{index}", item)
+        else:
+            flat[prefix] = value
+
+    flatten("", torch.load(scratch.with_suffix(".pt"), weights_only=False))
+    return flat
 
 
 def test_resuming_over_changed_data_is_refused(tiny_model_dir, toy_data, tmp_path):
