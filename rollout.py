@@ -45,14 +45,21 @@ def vllm_available():
 #### vLLM, colocated
 
 class VLLMEngine:
-    def __init__(self, model_path, dtype, seed, max_model_len, memory_utilization, enable_sleep):
+    def __init__(self, model_path, dtype, seed, max_model_len, memory_utilization, enable_sleep,
+                 tensor_parallel_size=1):
         from vllm import LLM
 
         # Under torchrun each rank holds its own engine on its own GPU; the external launcher makes vLLM
-        # take its device and rank from torchrun's environment (as TRL's colocate mode does).
-        under_torchrun = int(os.environ.get("WORLD_SIZE", "1")) > 1
+        # take its device and rank from torchrun's environment (as TRL's colocate mode does). With
+        # tensor_parallel_size K, K consecutive ranks hold one engine between them, each a 1/K slice of
+        # every layer: vLLM then counts the groups as its data-parallel ranks, and the ranks of a group
+        # must make the same generate calls (train.py gives them the same prompts and seed).
+        world_size = int(os.environ.get("WORLD_SIZE", "1"))
+        groups = dict(tensor_parallel_size=tensor_parallel_size, data_parallel_size=world_size // tensor_parallel_size) \
+            if tensor_parallel_size > 1 else {}
         self.llm = LLM(
-            distributed_executor_backend="external_launcher" if under_torchrun else None,
+            distributed_executor_backend="external_launcher" if world_size > 1 else None,
+            **groups,
             model=model_path,
             dtype=dtype,
             seed=seed,

@@ -148,6 +148,10 @@ class Config:
                                  "runs; what 7B and up need); auto: fsdp when the replicated training state would "
                                  "take more than half of the memory the engine leaves a GPU, else replicate "
                                  "(ignored in a single process)", choices=["auto", "replicate", "fsdp"])
+    rollout_tp: int = flag(1, "ranks that share one vLLM engine, split over their GPUs (vLLM tensor parallel): for "
+                              "models whose engine does not fit one GPU beside the training state (32B); the K "
+                              "ranks of a group generate for the group's prompts together, then each trains on "
+                              "its share")
     fsdp_offload: bool = flag(False, "with --sharding fsdp: keep weights, gradients and optimizer state in CPU "
                                      "memory, the optimizer step on the CPU (FSDP2's CPU offload; slower; for models "
                                      "that do not fit the GPUs even sharded)")
@@ -219,6 +223,10 @@ def resolve_auto(config, on_gpu, world_size=1):
         sys.exit("--sft-steps needs --sft-data")
     if config.eval_benchmarks and not config.eval_data_dir:
         sys.exit("--eval-benchmarks needs --eval-data-dir")
+    if world_size % config.rollout_tp:
+        sys.exit(f"--rollout-tp {config.rollout_tp} does not divide the {world_size} ranks into engine groups")
+    if config.rollout_tp > 1 and config.rollout_engine == "hf":
+        sys.exit("--rollout-tp needs the vLLM engine (--rollout-engine vllm or auto)")
     if config.prompts_per_step % world_size:
         sys.exit(f"--prompts-per-step {config.prompts_per_step} does not split evenly over {world_size} ranks")
     if config.clip_ratio_high is not None and config.clip_ratio_high < config.clip_ratio:
@@ -246,6 +254,8 @@ def resolve_auto(config, on_gpu, world_size=1):
                  "replicate")
     if config.fsdp_offload and config.sharding == "replicate":
         sys.exit("--fsdp-offload needs --sharding fsdp (or auto)")
+    if config.fsdp_offload and not on_gpu:
+        sys.exit("--fsdp-offload needs GPUs (FSDP2's CPU offload moves the shards between CPU and GPU memory)")
     return config
 
 
@@ -564,6 +574,8 @@ def main(argv=None):
     on_gpu = torch.cuda.is_available()
     rank, world_size, device = init_distributed(on_gpu)
     config = resolve_auto(config, on_gpu, world_size)
+    # Ranks sharing one rollout engine (--rollout-tp): a group per engine; without it, a group per rank.
+    rollout_group, rollout_groups = rank // config.rollout_tp, world_size // config.rollout_tp
     autocast_dtype = torch.bfloat16 if on_gpu else None  # fp32 on CPU: faster there and exact
     seed_everything(config.seed)  # the same on every rank: the replicas must start identical
     main_process = rank == 0
@@ -702,7 +714,8 @@ def main(argv=None):
     context_length = model_context_length(start_model) or longest_prompt + longest_response
     if use_vllm:
         engine = VLLMEngine(str(resume_from / "model") if resume_from else start_model,
-                            dtype="bfloat16" if on_gpu else "float32", seed=config.seed + rank,
+                            dtype="bfloat16" if on_gpu else "float32", seed=config.seed + rollout_group,
+                            tensor_parallel_size=config.rollout_tp,
                             max_model_len=min(longest_prompt + longest_response, context_length),
                             memory_utilization=config.vllm_memory_utilization, enable_sleep=config.vllm_sleep)
     else:
@@ -736,11 +749,12 @@ def main(argv=None):
         """Greedy accuracy on the held-out sets, on the colocated engine (no second copy of the model).
         Under torchrun each rank generates for its share of every set; the records are gathered."""
         batch_size = None if use_vllm else 16  # transformers generate: bounded batches, or out of memory
-        names = [name for name, problems in held_out.items() for _ in rank_share(problems, rank, world_size)]
-        local = [p for problems in held_out.values() for p in rank_share(problems, rank, world_size)]
+        names = [name for name, problems in held_out.items() for _ in rank_share(problems, rollout_group, rollout_groups)]
+        local = [p for problems in held_out.values() for p in rank_share(problems, rollout_group, rollout_groups)]
         records = generate_and_grade(engine, local, template, max_new_tokens, keywords=keywords,
                                      batch_size=batch_size) if local else []
-        records = gather_lists(zip(names, records), world_size)
+        # The ranks of an engine group generated the same records: its first rank's count once.
+        records = gather_lists(zip(names, records) if rank % config.rollout_tp == 0 else [], world_size)
         summaries = {name: summarize([r for n, r in records if n == name], keywords=keywords) for name in held_out}
         metrics = {f"eval/{key}": value for key, value in summaries.pop("", {}).items()}
         if summaries:
@@ -775,14 +789,20 @@ def main(argv=None):
         start = time.perf_counter()
         batch_indices = next_prompt_batch(data_states[stage_number], len(all_problems), config.prompts_per_step,
                                           seed=config.seed + 1000 * stage_number)
-        local_indices = rank_share(batch_indices, rank, world_size)
-        problems = [all_problems[index] for index in local_indices]
+        group_indices = rank_share(batch_indices, rollout_group, rollout_groups)  # this rank's engine's prompts
+        group_problems = [all_problems[index] for index in group_indices]
         engine.wake_up()
-        samples = engine.generate([problem_prompt(p, template) for p in problems],
-                                  samples_per_prompt=config.samples_per_prompt,
-                                  temperature=stage["temperature"], top_p=config.top_p,
-                                  max_new_tokens=stage["max_new_tokens"], stop=TEMPLATE_STOP_STRINGS[stage_template],
-                                  seed=random.Random(f"rollout {config.seed} {step} {rank}").randrange(2 ** 31))
+        group_samples = engine.generate([problem_prompt(p, template) for p in group_problems],
+                                        samples_per_prompt=config.samples_per_prompt,
+                                        temperature=stage["temperature"], top_p=config.top_p,
+                                        max_new_tokens=stage["max_new_tokens"], stop=TEMPLATE_STOP_STRINGS[stage_template],
+                                        seed=random.Random(f"rollout {config.seed} {step} {rollout_group}").randrange(2 ** 31))
+        # With --rollout-tp K the group's K ranks sampled the same responses; each trains on its share of the
+        # prompts (whole groups of samples). Without it, a rank's share is all its engine generated.
+        mine = rank_share(range(len(group_problems)), rank % config.rollout_tp, config.rollout_tp)
+        local_indices, problems = [group_indices[i] for i in mine], [group_problems[i] for i in mine]
+        samples = [dataclasses.replace(s, prompt_index=s.prompt_index - mine.start) for s in group_samples
+                   if s.prompt_index in mine]
         if config.vllm_sleep:
             engine.sleep()
         timings["time/rollout"] = time.perf_counter() - start

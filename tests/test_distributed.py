@@ -195,15 +195,18 @@ def sharded_run(tiny_model_dir, toy_data_dir, tmp_path_factory):
 
 @pytest.mark.parametrize("sharding", ["replicate", "fsdp"])
 def test_torchrun_runs_the_whole_loop_on_two_ranks(sharding, sharded_run, tiny_model_dir, toy_data_dir, tmp_path):
-    """train.py under torchrun (gloo): each rank its own engine and share of the prompts; logs gathered;
-    sharded, each rank's engine is fed the gathered weights."""
+    """train.py under torchrun (gloo), with its logs gathered. fsdp: each rank its own engine, fed the
+    gathered weights. replicate, with --rollout-tp 2: both ranks share one tensor-parallel engine (each
+    holds half of every layer), which its loaders slice from the full weights; each trains on half of
+    the prompts it sampled for."""
     import json
 
     if sharding == "fsdp":
         output_dir, result = sharded_run
     else:
         output_dir = tmp_path / "run"
-        result = run_torchrun(torchrun_command(tiny_model_dir, toy_data_dir, output_dir, "--sharding", sharding))
+        result = run_torchrun(torchrun_command(tiny_model_dir, toy_data_dir, output_dir, "--sharding", sharding,
+                                               "--rollout-tp", "2"))
     assert f"sharding: {sharding} over 2 ranks" in result.stdout
     rows = [json.loads(line) for line in open(output_dir / "metrics.jsonl")]
     assert [row["step"] for row in rows] == list(range(len(rows))) and len(rows) >= 4

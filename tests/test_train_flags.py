@@ -71,6 +71,9 @@ BAD_INPUTS = {
     "stage-value": (["--stages", "train_data={dir}/train.jsonl;max_steps=many"], "stage 2: max_steps='many'"),
     "stage-temperature": (["--stages", "train_data={dir}/train.jsonl,temperature=0"], "temperature must be above 0"),
     "too-few": (["--prompts-per-step", "64"], "fewer than --prompts-per-step"),
+    "fsdp-8bit": (["--sharding", "fsdp", "--optim", "adamw8bit"], "--optim adamw8bit cannot run with --sharding fsdp"),
+    "fsdp-hf": (["--sharding", "fsdp", "--rollout-engine", "hf"], "--rollout-engine hf cannot run with --sharding fsdp"),
+    "offload-replicate": (["--sharding", "replicate", "--fsdp-offload"], "--fsdp-offload needs --sharding fsdp"),
 }
 
 
