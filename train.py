@@ -1,7 +1,7 @@
 """Zero RL: PPO-style reinforcement learning straight from a base model, with rule-based math rewards.
 
     python train.py --model Qwen/Qwen2.5-0.5B                 # a GPU box: the SimpleRL-Zoo recipe
-    python train.py --model toy/model --train-data toy/train.jsonl --eval-data toy/test.jsonl   # a CPU
+    python train.py --recipe toy        # a CPU: the toy from data/toy.py (--model toy/model --train-data ...)
 
 Optionally first a supervised warm-up on worked answers (--sft-data, --sft-steps: SimpleRL's setting;
 without it, SimpleRL-Zero's). Then one step of the loop (DeepSeek-R1-Zero; SimpleRL-Zoo, Zeng et al. 2025):
@@ -16,8 +16,10 @@ without it, SimpleRL-Zero's). Then one step of the loop (DeepSeek-R1-Zero; Simpl
   8. copy the updated weights into the engine,
   9. log, and now and then evaluate on held-out problems.
 
-Every field of Config is a command-line flag (python train.py --help). Fields whose default is None
-("auto") depend on the machine: on a GPU they take SimpleRL-Zoo's values; on a CPU, toy-sized ones.
+Every field of Config is a command-line flag (python train.py --help). A recipe fills fields first (see
+Recipes: by default SimpleRL-Zoo's settings for the --model, when the paper trained it); a flag given on the
+command line overrides its field. Fields whose default is None ("auto") then depend on the machine: on a GPU
+they take SimpleRL-Zoo's values; on a CPU, toy-sized ones.
 """
 
 import dataclasses
