@@ -1,6 +1,7 @@
 """Benchmark accuracy and training dynamics, with the same engine, template and grader as training.
 
     python evaluate.py --model runs/toy/final --data toy/test.jsonl --output runs/toy/eval.json
+    python evaluate.py --model hkust-nlp/Qwen-2.5-0.5B-SimpleRL-Zoo --benchmarks all --data-dir ../shared/data/eval
     python evaluate.py --model RUN/final --data-dir ../shared/data/eval --output-dir RUN/eval \\
         --benchmarks gsm8k,math500,minerva_math,olympiadbench,aime24,amc23
     python evaluate.py ... --n 8 --temperature 1.0 --top-p 0.95     # avg@8 and unbiased pass@1,2,4,8
@@ -8,9 +9,11 @@
         --n 10 --temperature 0.8 --top-p 0.95                        # code: pass@1 and pass@10
     python evaluate.py plot runs/a runs/b --output dynamics.png        # training dynamics, runs overlaid
 
-Greedy decoding by default. train.py calls evaluate_accuracy() (and can call evaluate_benchmarks()) on
-its colocated engine, so the numbers logged during training and the numbers printed here come from one
-code path. The benchmark form writes, in --output-dir:
+By default the command line evaluates as SimpleRL-Zoo did (paper_protocol): the prompt the model was
+trained with, greedy decoding for a base model and temperature 1.0 with top-p 0.95 for a trained one, at
+most 16000 new tokens, the harness's stop strings; --protocol none gives plain greedy decoding. train.py
+calls generate_and_grade() on its colocated engine (greedy, its own response limit), so the numbers logged
+during training and the numbers printed here come from one code path. The benchmark form writes, in --output-dir:
   results.json           {"benchmarks": {name: {"accuracy", "n", ...}}, "average": mean accuracy, ...}
   results.md             the table: accuracy per benchmark and their average, response length,
                          truncation, boxed and reflection-keyword rates
@@ -280,7 +283,7 @@ def pass_k_values(n):
 
 
 def generate_and_grade(engine, problems, template, max_new_tokens, temperature=0.0, top_p=1.0,
-                       samples_per_problem=1, keywords=REFLECTION_KEYWORDS, batch_size=None):
+                       samples_per_problem=1, keywords=REFLECTION_KEYWORDS, batch_size=None, stop_strings=None):
     """samples_per_problem responses to each problem, graded: one record per response, grouped by problem.
 
     `template` is the math template; code problems (task "code") are asked with task_template(template,
@@ -290,6 +293,7 @@ def generate_and_grade(engine, problems, template, max_new_tokens, temperature=0
     transformers fallback pads each call to its longest prompt, so give it a small batch).
     A problem marked "prompt_too_long" (its prompt fills the model's whole context; see main) is not
     generated for: its responses are empty, wrong and truncated, so it still counts in n.
+    stop_strings: {template: strings generation stops at} (None: data/problems.py's TEMPLATE_STOP_STRINGS).
     """
     by_template = {}  # prompt template -> indices of the problems asked with it
     for index, problem in enumerate(problems):
@@ -303,7 +307,7 @@ def generate_and_grade(engine, problems, template, max_new_tokens, temperature=0
         for start in range(0, len(prompts), step):
             generated += engine.generate(prompts[start:start + step], samples_per_prompt=samples_per_problem,
                                          temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens,
-                                         stop=TEMPLATE_STOP_STRINGS[prompt_template])
+                                         stop=(stop_strings or TEMPLATE_STOP_STRINGS)[prompt_template])
         for position, index in enumerate(indices):
             samples[index] = generated[position * samples_per_problem:(position + 1) * samples_per_problem]
     responses = []  # (text, finish reason, length in tokens), samples_per_problem per problem, in order
@@ -385,23 +389,23 @@ def summarize(records, samples_per_problem=1, keywords=REFLECTION_KEYWORDS):
 
 
 def evaluate_accuracy(engine, problems, template, max_new_tokens, temperature=0.0, top_p=1.0, *,
-                      samples_per_problem=1, keywords=REFLECTION_KEYWORDS, batch_size=None):
+                      samples_per_problem=1, keywords=REFLECTION_KEYWORDS, batch_size=None, stop_strings=None):
     """Generate samples_per_problem responses per problem and grade them.
     Returns (summary dict as in summarize(), per-response records)."""
     records = generate_and_grade(engine, problems, template, max_new_tokens, temperature, top_p,
-                                 samples_per_problem, keywords, batch_size)
+                                 samples_per_problem, keywords, batch_size, stop_strings)
     return summarize(records, samples_per_problem, keywords), records
 
 
 def evaluate_benchmarks(engine, benchmarks, template, max_new_tokens, temperature=0.0, top_p=1.0, *,
-                        samples_per_problem=1, keywords=REFLECTION_KEYWORDS, batch_size=None):
+                        samples_per_problem=1, keywords=REFLECTION_KEYWORDS, batch_size=None, stop_strings=None):
     """Evaluate several problem sets at once ({name: problems}, e.g. from load_benchmarks): one
     generate call over all of them (the engine batches across sets), then a summary per set.
     Returns ({name: summary}, {name: records})."""
     names = list(benchmarks)
     everything = [dict(problem, benchmark=name) for name in names for problem in benchmarks[name]]
     records = generate_and_grade(engine, everything, template, max_new_tokens, temperature, top_p,
-                                 samples_per_problem, keywords, batch_size)
+                                 samples_per_problem, keywords, batch_size, stop_strings)
     records_by_name = {name: [] for name in names}
     for record, problem in zip(records, (p for p in everything for _ in range(samples_per_problem))):
         records_by_name[problem["benchmark"]].append(dict(record, benchmark=problem["benchmark"]))
@@ -606,6 +610,72 @@ def plot_main(argv):
     print(f"wrote {plot_runs(args.runs, output, args.title)}")
 
 
+#### SimpleRL-Zoo's evaluation protocol: the command line's defaults
+#
+# Sources: the paper (Zeng et al. 2025, arXiv 2503.18892v3), appendix B.5 and Table 1; hkust-nlp/simpleRL-reason
+# (branch v1): the README's evaluation command, eval_math_nodes.sh and examples/simplelr_math_eval/math_eval.py;
+# for the blog's model, branch v0: eval/sh/eval.sh and eval/sh/run.sh.
+
+PAPER_MAX_NEW_TOKENS = 16000  # eval_math_nodes.sh and the README's command: --max_tokens 16000 (paper B.5: "16K")
+# Table 1: "baselines use greedy decoding, and models with SimpleRL-Zoo use temperature=1.0 and top-p=0.95";
+# one sample per problem (the README's --n_sampling 1), seed 0 (sh/eval.sh).
+PAPER_DECODING = {"base": dict(temperature=0.0, top_p=1.0), "trained": dict(temperature=1.0, top_p=0.95)}
+BLOG_RELEASED = "hkust-nlp/Qwen-2.5-Math-7B-SimpleRL-Zero"  # the blog's model (v0 README "News")
+BLOG_MAX_NEW_TOKENS = 3000  # v0 eval/sh/eval.sh: --max_tokens_per_call 3000, --temperature 0 (greedy)
+# The harness's stop strings (math_eval.py): "</s>", "<|im_end|>", "<|endoftext|>" for every prompt, and
+# "Question:", "Answer:" for the abel prompt, "assistant", "user", "_end", "_start" for the Qwen prompts (they
+# catch a chat turn written as plain text by a tokenizer without Qwen's special tokens). They also cut a
+# response that merely writes "Answer:" or the word "user": the published numbers include that.
+_HARNESS_STOPS = ["</s>", "<|im_end|>", "<|endoftext|>"]
+HARNESS_STOP_STRINGS = {"abel": _HARNESS_STOPS + ["Question:", "Answer:"],
+                        "qwen-boxed": _HARNESS_STOPS + ["assistant", "user", "_end", "_start"],
+                        "qwen-math-cot": _HARNESS_STOPS + ["assistant", "user", "_end", "_start"]}
+
+
+def train_run_config(model):
+    """The config.json of the train.py run that saved the directory `model` (RUN/final, RUN/sft or
+    RUN/checkpoints/step_N/model), or None."""
+    model = Path(model)
+    for run_dir in (model.parent, model.parent.parent.parent):
+        path = run_dir / "config.json"
+        if model.is_dir() and path.is_file():
+            saved = json.loads(path.read_text())
+            if isinstance(saved, dict) and {"model", "train_data", "samples_per_prompt"} <= set(saved):
+                return saved
+    return None
+
+
+def paper_protocol(model, stage="auto"):
+    """How SimpleRL-Zoo's evaluation would decode `model`: {"template" (None: by the tokenizer), "stage",
+    "temperature", "top_p", "max_new_tokens", "stop_strings", "why"}.
+
+    The template is the one the model was trained with (paper B.5: "we adopt the same prompt template used
+    during training"): for a base model or a released SimpleRL-Zoo model, its row's in train.py's recipe table;
+    for a train.py output, the run's. stage "base" decodes greedily, "trained" samples at temperature 1.0 and
+    top-p 0.95 (Table 1); auto: trained for a released SimpleRL-Zoo model or the output of a train.py run of a
+    SimpleRL-Zoo recipe, base otherwise. The blog's model (or a simplerl-blog run) is decoded as the blog did."""
+    from train import PROMPT_TEMPLATES_OF, SIMPLERL_ZOO_MODELS, recognize_model
+
+    run = train_run_config(model)
+    recipe = (run or {}).get("recipe", "none")
+    stop_strings = {**TEMPLATE_STOP_STRINGS, **HARNESS_STOP_STRINGS}
+    if str(model).rstrip("/").lower().endswith(BLOG_RELEASED.split("/")[1].lower()) or recipe == "simplerl-blog":
+        decoding = PAPER_DECODING["trained"] if stage == "trained" else PAPER_DECODING["base"]
+        return dict(template=(run or {}).get("template") or "qwen-math-cot", stage="blog", **decoding,
+                    max_new_tokens=BLOG_MAX_NEW_TOKENS, stop_strings=stop_strings,
+                    why="the SimpleRL blog's model, decoded as the blog's evaluation did")
+    row, why, released = recognize_model(run["model"] if run else model)
+    if run is not None:
+        template, why = run.get("template") or None, f"trained by train.py from {run['model']}, recipe {recipe}"
+    else:
+        template = PROMPT_TEMPLATES_OF[SIMPLERL_ZOO_MODELS[row]["prompt"]] if row else None
+        why = f"SimpleRL-Zoo's {row}: {why}" if row else "a model SimpleRL-Zoo did not train"
+    if stage == "auto":
+        stage = "trained" if released or recipe.startswith("simplerl-zoo/") else "base"
+    return dict(template=template, stage=stage, **PAPER_DECODING[stage], max_new_tokens=PAPER_MAX_NEW_TOKENS,
+                stop_strings=stop_strings, why=why)
+
+
 #### Command line
 
 
@@ -670,23 +740,48 @@ def main(argv=None):
     parser.add_argument("--output", help="with --data: write the summary JSON here (per-sample records beside it)")
     parser.add_argument("--output-dir", help="with --benchmarks: where results.json, results.md and "
                                              "<name>.samples.jsonl go (default: runs/eval/<model>)")
+    parser.add_argument("--protocol", default="simplerl-zoo", choices=["simplerl-zoo", "none"],
+                        help="simplerl-zoo: SimpleRL-Zoo's evaluation (paper_protocol): the model's training prompt, "
+                             "greedy for a base model and temperature 1.0, top-p 0.95 for a trained one, 16000 new "
+                             "tokens, the harness's stop strings; none: greedy, 4096 tokens, the prompt by the "
+                             "tokenizer. Each flag below overrides its part (default: simplerl-zoo)")
+    parser.add_argument("--stage", default="auto", choices=["auto", "base", "trained"],
+                        help="which of Table 1's decodings the protocol uses: base (greedy) or trained (temperature "
+                             "1.0, top-p 0.95); auto: trained for a released SimpleRL-Zoo model or a train.py run "
+                             "of a SimpleRL-Zoo recipe, else base")
     parser.add_argument("--template", default=None, choices=sorted(PROMPT_TEMPLATES),
-                        help="prompt template (default: qwen-boxed for tokenizers with Qwen's chat tokens, "
-                             "else simple)")
-    parser.add_argument("--max-new-tokens", type=int, default=4096)
+                        help="prompt template (default: the protocol's; without one, qwen-boxed for tokenizers "
+                             "with Qwen's chat tokens, else simple)")
+    parser.add_argument("--max-new-tokens", type=int, default=None, help="default: the protocol's (16000; 4096 "
+                                                                         "with --protocol none)")
     parser.add_argument("--limit", type=int, default=None,
                         help="evaluate only the first N problems (of each benchmark)")
     parser.add_argument("--n", type=int, default=1, help="responses per problem: with N > 1 reports avg@N and "
                                                          "pass@k (needs --temperature > 0)")
-    parser.add_argument("--temperature", type=float, default=0.0, help="0: greedy (default)")
-    parser.add_argument("--top-p", type=float, default=1.0)
+    parser.add_argument("--temperature", type=float, default=None, help="0: greedy (default: the protocol's)")
+    parser.add_argument("--top-p", type=float, default=None, help="default: the protocol's")
     parser.add_argument("--reflection-keywords", default="", help="comma-separated keywords whose use counts as "
                                                                   "reflection (default: REFLECTION_KEYWORDS)")
     parser.add_argument("--rollout-engine", choices=["auto", "vllm", "hf"], default="auto")
     parser.add_argument("--batch-size", type=int, default=None,
                         help="prompts per generate call (default: all with vLLM, 16 with transformers)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--dry-run", action="store_true",
+                        help="print the resolved settings (protocol filled in) and stop before loading anything")
     args = parser.parse_args(argv)
+    protocol = (paper_protocol(args.model, args.stage) if args.protocol == "simplerl-zoo" else
+                dict(template=None, stage="none", temperature=0.0, top_p=1.0, max_new_tokens=4096, stop_strings=None,
+                     why="--protocol none"))
+    for name in ("template", "temperature", "top_p", "max_new_tokens"):  # a flag overrides its part
+        if getattr(args, name) is None:
+            setattr(args, name, protocol[name])
+    print(f"protocol: {args.protocol} ({protocol['why']}): stage {protocol['stage']}, template "
+          f"{args.template or 'by the tokenizer'}, temperature {args.temperature}, top-p {args.top_p}, at most "
+          f"{args.max_new_tokens} new tokens, {args.n} per problem")
+    if args.dry_run:
+        settings = {**vars(args), "stage": protocol["stage"], "stop_strings": protocol["stop_strings"]}
+        print(json.dumps(settings, indent=2))
+        return settings
     if args.n > 1 and args.temperature == 0:
         parser.error("--n above 1 needs --temperature above 0 (greedy decoding gives the same answer n times)")
     if args.benchmarks and not args.data_dir:
@@ -720,7 +815,8 @@ def main(argv=None):
     max_model_len = int(min(longest_prompt + args.max_new_tokens, context_length))
     engine = load_engine(args.model, max_model_len, args.rollout_engine, args.seed)
     batch_size = args.batch_size or (16 if isinstance(engine, HFEngine) else None)
-    options = dict(samples_per_problem=args.n, keywords=keywords, batch_size=batch_size)
+    options = dict(samples_per_problem=args.n, keywords=keywords, batch_size=batch_size,
+                   stop_strings=protocol["stop_strings"])
 
     if not args.benchmarks:  # the single-file form
         summary, records = evaluate_accuracy(engine, benchmarks["data"], template, args.max_new_tokens,
@@ -743,8 +839,8 @@ def main(argv=None):
     output_dir.mkdir(parents=True, exist_ok=True)
     results = {
         "model": args.model, "template": template, "data_dir": str(args.data_dir), "limit": args.limit,
-        "decoding": {"max_new_tokens": args.max_new_tokens, "n": args.n, "temperature": args.temperature,
-                     "top_p": args.top_p, "seed": args.seed},
+        "decoding": {"protocol": args.protocol, "stage": protocol["stage"], "max_new_tokens": args.max_new_tokens,
+                     "n": args.n, "temperature": args.temperature, "top_p": args.top_p, "seed": args.seed},
         "reflection_keywords": list(keywords),
         "benchmarks": summaries,
         "average": average_accuracy(summaries),

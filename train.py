@@ -1,7 +1,7 @@
 """Zero RL: PPO-style reinforcement learning straight from a base model, with rule-based math rewards.
 
     python train.py --model Qwen/Qwen2.5-0.5B                 # a GPU box: the SimpleRL-Zoo recipe
-    python train.py --model toy/model --train-data toy/train.jsonl --eval-data toy/test.jsonl   # a CPU
+    python train.py --recipe toy        # a CPU: the toy from data/toy.py (--model toy/model --train-data ...)
 
 Optionally first a supervised warm-up on worked answers (--sft-data, --sft-steps: SimpleRL's setting;
 without it, SimpleRL-Zero's). Then one step of the loop (DeepSeek-R1-Zero; SimpleRL-Zoo, Zeng et al. 2025):
@@ -16,14 +16,17 @@ without it, SimpleRL-Zero's). Then one step of the loop (DeepSeek-R1-Zero; Simpl
   8. copy the updated weights into the engine,
   9. log, and now and then evaluate on held-out problems.
 
-Every field of Config is a command-line flag (python train.py --help). Fields whose default is None
-("auto") depend on the machine: on a GPU they take SimpleRL-Zoo's values; on a CPU, toy-sized ones.
+Every field of Config is a command-line flag (python train.py --help). A recipe fills fields first (see
+Recipes: by default SimpleRL-Zoo's settings for the --model, when the paper trained it); a flag given on the
+command line overrides its field. Fields whose default is None ("auto") then depend on the machine: on a GPU
+they take SimpleRL-Zoo's values; on a CPU, toy-sized ones.
 """
 
 import dataclasses
 import json
 import os
 import random
+import re
 import shutil
 import signal
 import sys
@@ -49,14 +52,20 @@ STAGE_FIELDS = ("train_data", "task", "max_steps", "max_new_tokens", "temperatur
 class Config:
     # What to train on
     model: str = flag("Qwen/Qwen2.5-0.5B", "base model: hub id or a save_pretrained directory")
+    recipe: str = flag("auto", "settings to start from (see Recipes below; a flag given here overrides its field): "
+                               "auto: SimpleRL-Zoo's for the --model when the paper trained it, else the defaults; "
+                               "simplerl-zoo (stop when the model is not in the table), simplerl-zoo/<model> (that "
+                               "row, e.g. simplerl-zoo/Llama-3.1-8B), simplerl-blog (SimpleRL-Zero: PPO on "
+                               "Qwen2.5-Math-7B), toy (the CPU quick start on the data/toy.py output in toy/), none")
     train_data: str = flag("hkust-nlp/SimpleRL-Zoo-Data/simplelr_qwen_level3to5",
                            "training problems: .jsonl/.json/.parquet file, or a hub dataset "
                            "'owner/name[/data_dir][:split]' (default: SimpleRL-Zoo's MATH level 3-5 set)")
     eval_data: str = flag("HuggingFaceH4/MATH-500:test", "held-out problems evaluated at the start, every "
                           "--eval-every steps and the end ('' for none)")
     output_dir: str = flag("runs/zerorl", "where metrics.jsonl, samples.jsonl and final/ are written")
-    template: str = flag("", "prompt template: qwen-boxed or simple ('' picks by the tokenizer)",
-                         choices=["", "qwen-boxed", "simple"])
+    template: str = flag("", "prompt template: qwen-boxed, simple, abel (SimpleRL-Zoo's simple prompt) or "
+                             "qwen-math-cot (the SimpleRL blog's) ('' picks by the tokenizer: qwen-boxed or simple)",
+                         choices=["", "qwen-boxed", "simple", "abel", "qwen-math-cot"])
     min_level: int = flag(None, "keep only problems of at least this difficulty level (where rows have one)")
     max_level: int = flag(None, "keep only problems of at most this difficulty level")
     max_prompt_len: int = flag(1024, "prompts longer than this many tokens are skipped (and counted)")
@@ -175,6 +184,8 @@ class Config:
     resume: bool = flag(None, "continue from the newest checkpoint in --output-dir; auto: when it holds one of "
                               "this same run; --no-resume: refuse to start over a run that has checkpoints")
     seed: int = flag(0, "seed for prompt order, sampling and initialization")
+    dry_run: bool = flag(False, "print the resolved settings (recipe and auto values filled in) and stop before "
+                                "loading any data or model")
 
 
 # SimpleRL-Zoo's settings (verl; paper section 3) and a CPU-sized toy recipe, for the "auto" fields.
@@ -186,10 +197,229 @@ CPU_DEFAULTS = dict(prompts_per_step=32, max_new_tokens=32, vllm_memory_utilizat
                     sft_lr=1e-3, sft_batch_size=64)
 
 
+#### Recipes: what SimpleRL-Zoo (and the SimpleRL blog before it) ran, per base model
+#
+# A recipe is a set of Config fields. apply_recipe() gives each field that no flag on the command line set the
+# recipe's value (a flag always wins) and prints one line saying what it did. Sources, cited at every value:
+#   paper   Zeng et al. 2025, "SimpleRL-Zoo: Investigating and Taming Zero Reinforcement Learning for Open
+#           Base Models in the Wild", arXiv 2503.18892v3 (section or appendix given)
+#   script  hkust-nlp/simpleRL-reason (branch v1), train_grpo_math_tune_ray.sh: its default values
+#   readme  that repository's README (v1): its two training commands and its list of released models
+#   issue   an answer of the authors in that repository's issues (number given)
+#   blog    the SimpleRL blog's code, branch v0 of the same repository: its README, its training script
+#           train/examples/script/train_ppo_qwen_base_math_lv35_new.sh ("blog script"), and the defaults of
+#           the OpenRLHF fork it runs (train/openrlhf/cli/train_ppo_ray_box.py, "blog defaults")
+
+# The six training sets (readme "Dataset", the hub dataset hkust-nlp/SimpleRL-Zoo-Data): the problems with the
+# simple ("abel") or the Qwen prompt, at three difficulties (paper 2.1, B.1): easy = GSM8K and MATH level 1,
+# medium = MATH levels 1-4, hard = MATH levels 3-5, about 8,000 problems each. train.py reads the problems
+# from them and writes its own prompt (the template below), which is the one the file's name says.
+SIMPLERL_ZOO_DATA = "hkust-nlp/SimpleRL-Zoo-Data/simplelr_{prompt}_{difficulty}"
+DIFFICULTY_SPLITS = {"easy": "gsm8k_level1", "medium": "level1to4", "hard": "level3to5"}
+PROMPT_TEMPLATES_OF = {"abel": "abel", "qwen": "qwen-boxed"}  # data/problems.py's template for each prompt
+
+# What every SimpleRL-Zoo run shares ("we adopt the same training hyperparameters to train all the models",
+# paper section 1).
+SIMPLERL_ZOO_SHARED = dict(
+    adv_estimator="grpo",     # paper 2.1
+    reward_scheme="correct",  # paper 2.1 and B.2: +1 for a correct answer, 0 otherwise, no format reward (3.1)
+    loss_agg="token-mean",    # paper appendix A, eq. 1 and footnote 2: GRPO without length normalization
+    prompts_per_step=1024,    # paper B.5: prompt batch size 1,024 (readme: --train_batch_size 1024)
+    samples_per_prompt=8,     # paper B.5: 8 rollouts per prompt (readme: --rollout_n 8)
+    max_new_tokens=8192,      # paper B.5: maximum rollout length 8,192 tokens (readme: --max_response_length 8192)
+    mini_batch_prompts=256,   # paper B.5: mini-batch size 256, so 4 updates per rollout (script: PPO_MINI_BATCH_SIZE)
+    temperature=1.0,          # paper B.5: sampling temperature 1.0
+    clip_ratio=0.2,           # paper B.5: clip ratio 0.2
+    entropy_coef=1e-3,        # readme: --entropy_coeffient 0.001 in both commands (paper: not stated)
+    kl_estimator="k3",        # script: kl_loss_type=low_var_kl, verl's clamped k3
+    lr=5e-7,                  # script: LEARNING_RATE=5e-7, which the readme's commands keep (paper: not stated)
+    max_prompt_len=1024,      # script: MAX_PROMPT_LENGTH=1024
+    eval_every=5,             # script: TEST_FREQ=5; paper Figure 4: "we assess the models every five steps"
+)
+# Not stated per model, so not in the recipe: the number of steps (paper Figure 1 plots about 100 iterations,
+# about 150 for Mistral-Small-24B and Qwen2.5-32B; readme: "approximately 100 steps" for 7B and 14B), which
+# stays at --max-steps's default of 100, and the micro-batch and engine memory settings, which are machine knobs.
+
+# One row per base model the paper trains (paper 2.1 and Table 1), by the paper's name:
+#   hub_ids     the base model's hub ids (the first is what --recipe simplerl-zoo/<row> trains)
+#   released    the trained model the authors released (readme "Model Checkpoints"); evaluate.py knows it
+#   shape       config.json fields (the hub config of the base model) that identify a local copy naming no model
+#   difficulty  paper B.1: "we use Easy for LLama-3.1-8B, Mistral-v0.1-7B, and DeepSeek-Math-7B; Medium for
+#               Qwen2.5-0.5B; Hard for Mistral-Small-24B, Qwen-2.5-Math-7B, and Qwen-2.5-1.5B/7B/14B/32B"
+#   prompt      paper B.3: the simple prompt for the models with weaker instruction following "(Llama-3.1-8B,
+#               Mistral-v0.1-7B, and Qwen-2.5-0.5B/1.5B)", the complex (Qwen chat) prompt for the others;
+#               issue #61 (the authors' data for 0.5B and 1.5B: simplelr_abel_level1to4, simplelr_abel_level3to5)
+#   kl_coef     paper B.5 and readme: 1e-4 "for models ranging from 0.5B to 14B parameters", 1e-3 above 14B
+SIMPLERL_ZOO_MODELS = {
+    "Qwen2.5-0.5B": dict(hub_ids=["Qwen/Qwen2.5-0.5B"], released="hkust-nlp/Qwen-2.5-0.5B-SimpleRL-Zoo",
+                         shape=dict(model_type="qwen2", hidden_size=896, num_hidden_layers=24, vocab_size=151936),
+                         difficulty="medium", prompt="abel", kl_coef=1e-4),
+    "Qwen2.5-1.5B": dict(hub_ids=["Qwen/Qwen2.5-1.5B"], released="hkust-nlp/Qwen-2.5-1.5B-SimpleRL-Zoo",
+                         shape=dict(model_type="qwen2", hidden_size=1536, num_hidden_layers=28, vocab_size=151936),
+                         difficulty="hard", prompt="abel", kl_coef=1e-4),
+    "Qwen2.5-7B": dict(hub_ids=["Qwen/Qwen2.5-7B"], released="hkust-nlp/Qwen-2.5-7B-SimpleRL-Zoo",
+                       shape=dict(model_type="qwen2", hidden_size=3584, num_hidden_layers=28, vocab_size=152064),
+                       difficulty="hard", prompt="qwen", kl_coef=1e-4),
+    "Qwen2.5-14B": dict(hub_ids=["Qwen/Qwen2.5-14B"], released="hkust-nlp/Qwen-2.5-14B-SimpleRL-Zoo",
+                        shape=dict(model_type="qwen2", hidden_size=5120, num_hidden_layers=48, vocab_size=152064),
+                        difficulty="hard", prompt="qwen", kl_coef=1e-4),
+    "Qwen2.5-32B": dict(hub_ids=["Qwen/Qwen2.5-32B"], released="hkust-nlp/Qwen-2.5-32B-SimpleRL-Zoo",
+                        shape=dict(model_type="qwen2", hidden_size=5120, num_hidden_layers=64, vocab_size=152064),
+                        difficulty="hard", prompt="qwen", kl_coef=1e-3),
+    # Its context is 4K tokens (paper appendix H; config.json max_position_embeddings 4096), shorter than the
+    # 8K responses: how the authors handled that is not stated; train.py stops responses at the context.
+    "Qwen2.5-Math-7B": dict(hub_ids=["Qwen/Qwen2.5-Math-7B"], released="hkust-nlp/Qwen-2.5-Math-7B-SimpleRL-Zoo",
+                            shape=dict(model_type="qwen2", hidden_size=3584, num_hidden_layers=28, vocab_size=152064,
+                                       max_position_embeddings=4096),
+                            difficulty="hard", prompt="qwen", kl_coef=1e-4),
+    # Also what issue #71 gives for Llama: "the config in our README ... the data processed with our simple prompt".
+    "Llama-3.1-8B": dict(hub_ids=["meta-llama/Llama-3.1-8B", "meta-llama/Meta-Llama-3.1-8B"],
+                         released="hkust-nlp/Llama-3.1-8B-SimpleRL-Zoo",
+                         shape=dict(model_type="llama", hidden_size=4096, num_hidden_layers=32, vocab_size=128256),
+                         difficulty="easy", prompt="abel", kl_coef=1e-4),
+    "Mistral-7B-v0.1": dict(hub_ids=["mistralai/Mistral-7B-v0.1"], released="hkust-nlp/Mistral-7B-v0.1-SimpleRL-Zoo",
+                            shape=dict(model_type="mistral", hidden_size=4096, num_hidden_layers=32, vocab_size=32000),
+                            difficulty="easy", prompt="abel", kl_coef=1e-4),
+    "Mistral-Small-24B": dict(hub_ids=["mistralai/Mistral-Small-24B-Base-2501"],
+                              released="hkust-nlp/Mistral-Small-24B-SimpleRL-Zoo",
+                              shape=dict(model_type="mistral", hidden_size=5120, num_hidden_layers=40,
+                                         vocab_size=131072),
+                              difficulty="hard", prompt="qwen", kl_coef=1e-3),
+    "DeepSeek-Math-7B": dict(hub_ids=["deepseek-ai/deepseek-math-7b-base"],
+                             released="hkust-nlp/DeepSeek-Math-7B-SimpleRL-Zoo",
+                             shape=dict(model_type="llama", hidden_size=4096, num_hidden_layers=30, vocab_size=102400),
+                             difficulty="easy", prompt="qwen", kl_coef=1e-4),
+}
+
+# The blog's SimpleRL-Zero (January 2025): PPO with a critic on Qwen2.5-Math-7B, OpenRLHF.
+SIMPLERL_BLOG = dict(
+    model="Qwen/Qwen2.5-Math-7B",  # blog README: "starting from Qwen2.5-Math-7B (base model)"
+    # The blog trained on "8K MATH examples" of levels 3-5 (blog README), the file
+    # train/data/math_level3to5_data_processed_with_qwen_prompt.json, which is not on the hub. SimpleRL-Zoo's
+    # hard split is the same selection by its description (paper B.1: MATH levels 3-5, 500 of MATH's test set
+    # held out, like the blog, issue #7); that the two files hold the same problems was not checked.
+    train_data=SIMPLERL_ZOO_DATA.format(prompt="qwen", difficulty=DIFFICULTY_SPLITS["hard"]),
+    template="qwen-math-cot",      # blog: eval/sh/run.sh --template qwen25-math-cot (its training file: issue #87)
+    adv_estimator="gae",           # blog README: "the code currently uses PPO rather than GRPO"; a critic
+    gamma=1.0,                     # blog defaults: --gamma 1
+    lam=0.95,                      # blog defaults: --lambd 0.95 (the blog script leaves it)
+    value_clip=0.2,                # blog defaults: --value_clip 0.2
+    critic_lr=9e-6,                # blog script: --critic_learning_rate 9e-6
+    lr=5e-7,                       # blog script: --actor_learning_rate 5e-7
+    reward_scheme="simplerl",      # blog: experience_maker.py: 1.0 correct, -0.5 wrong, -1.0 without "boxed"
+    kl_coef=0.01,                  # blog script: --init_kl_coef 0.01 (a fixed coefficient: no --kl_target)
+    kl_in_reward=True,             # blog: OpenRLHF's compute_reward puts -kl_coef * KL into each token's reward
+    kl_estimator="k1",             # blog defaults: the log-ratio (k3 only with --use_kl_estimator_k3, not given)
+    entropy_coef=0.0,              # blog: OpenRLHF's PolicyLoss has no entropy term
+    loss_agg="seq-mean-token-mean",  # blog: PolicyLoss, masked_mean(loss, action_mask, dim=-1).mean()
+    temperature=0.6,               # blog script: --temperature 0.6
+    prompts_per_step=1024,         # blog script: --rollout_batch_size 1024
+    samples_per_prompt=8,          # blog script: --n_samples_per_prompt 8
+    mini_batch_prompts=16,         # blog script: --train_batch_size 128 samples = 16 prompts' 8, so 64 updates
+    ppo_epochs=1,                  # blog script: --max_epochs 1
+    max_new_tokens=3000,           # blog script: --generate_max_len 3000
+    max_prompt_len=1024,           # blog script: --prompt_max_len 1024
+    max_steps=120,                 # blog README: "on 8K MATH examples for 120 steps"
+)
+# Not reproduced: --normalize_reward (OpenRLHF's running reward normalization; whether it touches this fork's
+# rule reward was not checked), AdamW betas (0.9, 0.95) (blog defaults; here torch's (0.9, 0.999)), and
+# OpenRLHF's mini-batches of samples drawn across prompts (here whole groups of 8 samples per prompt).
+
+# The CPU quick start: the data/toy.py output in toy/ (README "Two commands"); every other field stays auto.
+TOY = dict(model="toy/model", train_data="toy/train.jsonl", eval_data="toy/test.jsonl", output_dir="runs/toy")
+
+
+def _normalized_name(name):
+    """A model name for comparison: its last path part, lower case, letters and digits only
+    ("Qwen/Qwen2.5-0.5B" -> "qwen2505b", "/models/deepseek-math-7b-base/" -> "deepseekmath7bbase")."""
+    return re.sub(r"[^a-z0-9]", "", str(name).rstrip("/").split("/")[-1].lower())
+
+
+def recognize_model(model):
+    """(row of SIMPLERL_ZOO_MODELS, how it was recognized, released) for a hub id or a local directory, or
+    (None, None, False). A name is the hub id, or a directory's own name and then the _name_or_path its
+    config.json records (transformers 4 wrote it; 5 does not); released is True for the trained model the
+    authors released. A directory whose config.json names no model is known by its shape (architecture and
+    size): the row whose shape fields it matches, the most specific when several do."""
+    config_file = Path(model) / "config.json"
+    config = json.loads(config_file.read_text()) if config_file.is_file() else None
+    names = [model] if config is None else [model, config.get("_name_or_path") or ""]
+    for name in filter(None, names):
+        for row, entry in SIMPLERL_ZOO_MODELS.items():
+            if _normalized_name(name) == _normalized_name(entry["released"]):
+                return row, f"{name} is its released SimpleRL-Zoo model", True
+            if _normalized_name(name) in {_normalized_name(alias) for alias in [row, *entry["hub_ids"]]}:
+                return row, f"named {name}", False
+    if config is None or config.get("_name_or_path"):
+        return None, None, False
+    matches = sorted(((len(entry["shape"]), row) for row, entry in SIMPLERL_ZOO_MODELS.items()
+                      if all(config.get(key) == value for key, value in entry["shape"].items())), reverse=True)
+    if matches and (len(matches) == 1 or matches[0][0] > matches[1][0]):  # Qwen2.5-Math-7B: 7B's shape, 4K context
+        return matches[0][1], f"{model}/config.json: a {config['model_type']} of {matches[0][1]}'s shape", False
+    return None, None, False
+
+
+def recipe_fields(recipe):
+    """{Config field: value} of a recipe: simplerl-zoo/<row>, simplerl-blog or toy."""
+    if recipe == "simplerl-blog":
+        return dict(SIMPLERL_BLOG)
+    if recipe == "toy":
+        return dict(TOY)
+    row = SIMPLERL_ZOO_MODELS[recipe.removeprefix("simplerl-zoo/")]
+    return dict(model=row["hub_ids"][0],
+                train_data=SIMPLERL_ZOO_DATA.format(prompt=row["prompt"], difficulty=DIFFICULTY_SPLITS[row["difficulty"]]),
+                template=PROMPT_TEMPLATES_OF[row["prompt"]], kl_coef=row["kl_coef"], **SIMPLERL_ZOO_SHARED)
+
+
+def apply_recipe(config, given):
+    """Resolve config.recipe: every field the recipe sets and no flag in `given` (the fields written on the
+    command line) set takes the recipe's value, and config.recipe becomes the recipe's full name (or none).
+    Prints one line: which recipe, why, and its fields ("(flag)" where a flag kept its own value)."""
+    say = print if int(os.environ.get("RANK", "0")) == 0 else (lambda *args: None)
+    recipe, why = config.recipe, f"--recipe {config.recipe}"
+    if recipe in ("auto", "simplerl-zoo"):
+        row, why, _ = recognize_model(config.model)
+        if row is None:
+            rows = ", ".join(SIMPLERL_ZOO_MODELS)
+            if recipe == "simplerl-zoo":
+                sys.exit(f"--recipe simplerl-zoo: SimpleRL-Zoo did not train {config.model} (it trained {rows}); "
+                         "name a row with --recipe simplerl-zoo/<model>")
+            say(f"recipe: none: SimpleRL-Zoo did not train {config.model}; the defaults hold "
+                "(--recipe simplerl-zoo/<model> applies one of its rows anyway)")
+            config.recipe = "none"
+            return config
+        recipe = f"simplerl-zoo/{row}"
+    if recipe == "none":
+        return config
+    if recipe not in ("simplerl-blog", "toy") and recipe.removeprefix("simplerl-zoo/") not in SIMPLERL_ZOO_MODELS:
+        sys.exit(f"--recipe {recipe}: unknown; choose from auto, simplerl-zoo, "
+                 + ", ".join(f"simplerl-zoo/{row}" for row in SIMPLERL_ZOO_MODELS) + ", simplerl-blog, toy, none")
+    fields = recipe_fields(recipe)
+    if config.recipe in ("auto", "simplerl-zoo"):
+        fields.pop("model")  # the recipe was found by the model: it is already the one
+    if "prompts_per_step" in given and "mini_batch_prompts" in fields and "mini_batch_prompts" not in given:
+        # A recipe's mini-batch goes with its batch: keep its number of updates per rollout where that divides.
+        updates = fields["prompts_per_step"] // fields["mini_batch_prompts"]
+        fields["mini_batch_prompts"] = (config.prompts_per_step // updates if config.prompts_per_step % updates == 0
+                                        else config.prompts_per_step)
+    for name, value in fields.items():
+        if name not in given:
+            setattr(config, name, value)
+    config.recipe = recipe
+    say(f"recipe: {recipe} ({why}): " + ", ".join(
+        f"{name} {getattr(config, name)}" + (" (flag)" if name in given and getattr(config, name) != value else "")
+        for name, value in fields.items()))
+    if "prompts_per_step" in fields and not torch.cuda.is_available():
+        say(f"note: no GPU: this recipe's rollouts ({config.prompts_per_step} prompts x {config.samples_per_prompt} "
+            f"samples, up to {config.max_new_tokens} tokens) are sized for GPUs; flags override them")
+    return config
+
+
 def parse_config(argv=None):
     import argparse
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    given_parser = argparse.ArgumentParser(add_help=False, argument_default=argparse.SUPPRESS)  # no defaults
     for config_field in dataclasses.fields(Config):
         name = "--" + config_field.name.replace("_", "-")
         kind = config_field.type
@@ -197,10 +427,14 @@ def parse_config(argv=None):
         help = f"{config_field.metadata['help']} (default: {'auto' if default is None else repr(default)})"
         if kind is bool:
             parser.add_argument(name, action=argparse.BooleanOptionalAction, default=default, help=help)
+            given_parser.add_argument(name, action=argparse.BooleanOptionalAction)
         else:
             parser.add_argument(name, type=kind, default=default, help=help,
                                 choices=config_field.metadata["choices"])
-    return Config(**vars(parser.parse_args(argv)))
+            given_parser.add_argument(name, type=kind)
+    config = Config(**vars(parser.parse_args(argv)))
+    given = set(vars(given_parser.parse_args(argv)))  # the fields a flag on the command line set
+    return apply_recipe(config, given)
 
 
 def resolve_auto(config, on_gpu, world_size=1):
@@ -438,7 +672,8 @@ def barrier(world_size):
 RESUMABLE_CHANGES = {"max_steps", "save_every", "keep_checkpoints", "resume", "eval_every", "eval_data",
                      "eval_benchmarks", "eval_data_dir", "eval_limit", "log_samples", "report_to",
                      "reflection_keywords", "micro_batch_size", "vllm_memory_utilization", "vllm_sleep",
-                     "gradient_checkpointing", "rollout_engine", "sharding", "fsdp_offload"}
+                     "gradient_checkpointing", "rollout_engine", "sharding", "fsdp_offload",
+                     "recipe", "dry_run"}  # (what a recipe sets is compared field by field)
 
 
 def checkpoint_dirs(output_dir):
@@ -574,6 +809,9 @@ def main(argv=None):
     on_gpu = torch.cuda.is_available()
     rank, world_size, device = init_distributed(on_gpu)
     config = resolve_auto(config, on_gpu, world_size)
+    if config.dry_run:  # the settings this command would run with; nothing is loaded
+        print(json.dumps(dataclasses.asdict(config), indent=2))
+        return config
     # Ranks sharing one rollout engine (--rollout-tp): a group per engine; without it, a group per rank.
     rollout_group, rollout_groups = rank // config.rollout_tp, world_size // config.rollout_tp
     autocast_dtype = torch.bfloat16 if on_gpu else None  # fp32 on CPU: faster there and exact

@@ -31,19 +31,33 @@ from reward import extract_boxed
 #### Prompt templates
 
 PROMPT_TEMPLATES = {
-    # The Qwen chat format SimpleRL-Zoo trains Qwen models with. (Deviation: SimpleRL-Zoo's data files
-    # literally contain "\boxed{{}}" from a format-string slip; we write the intended "\boxed{}".)
+    # SimpleRL-Zoo's "complex" prompt in the Qwen chat format (paper appendix B.3, Figure 10), for the models
+    # with stronger instruction following (Qwen2.5-7B/14B/32B, Qwen2.5-Math-7B, DeepSeek-Math-7B,
+    # Mistral-Small-24B). (Deviation: SimpleRL-Zoo's data files literally contain "\boxed{{}}" from a
+    # format-string slip; we write the intended "\boxed{}".)
     "qwen-boxed": (
         "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n"
         "<|im_start|>user\n{problem}\n"
         "Please reason step by step, and put your final answer within \\boxed{{}}.<|im_end|>\n"
         "<|im_start|>assistant\n"
     ),
-    # For base models without chat tokens (SimpleRL-Zoo's "abel" style prompt for Llama and Mistral).
+    # For base models without chat tokens: the simple prompt with the format instruction added (zerorl's own;
+    # the CPU toy is built on it).
     "simple": (
         "Question:\n{problem}\n"
         "Please reason step by step, and put your final answer within \\boxed{{}}.\n"
         "Answer:\nLet's think step by step.\n"
+    ),
+    # SimpleRL-Zoo's simple prompt, word for word (paper appendix B.3 and Figure 10; the "abel" prompt type of
+    # its evaluation harness, examples/simplelr_math_eval/utils.py): no format instruction at all. The paper
+    # uses it for the models with weak instruction following: Llama-3.1-8B, Mistral-7B-v0.1, Qwen2.5-0.5B/1.5B.
+    "abel": "Question:\n{problem}\nAnswer:\nLet's think step by step.\n",
+    # The SimpleRL blog's prompt (Qwen2.5-Math's chat format, the instruction in the system turn): the
+    # "qwen25-math-cot" prompt type the blog's evaluation used (simpleRL-reason branch v0, eval/sh/run.sh).
+    "qwen-math-cot": (
+        "<|im_start|>system\nPlease reason step by step, and put your final answer within \\boxed{{}}.<|im_end|>\n"
+        "<|im_start|>user\n{problem}<|im_end|>\n"
+        "<|im_start|>assistant\n"
     ),
     # The code templates ask for one fenced block (reward_code.extract_code takes the last one). Whether
     # the program reads stdin or defines a function is said in the problem text, which the loader writes.
@@ -64,12 +78,17 @@ PROMPT_TEMPLATES = {
 TEMPLATE_STOP_STRINGS = {
     "qwen-boxed": ["<|im_end|>", "<|endoftext|>"],
     "simple": ["\nQuestion:"],
+    # None: verl's rollouts, which SimpleRL-Zoo trained with, stop only at the end-of-text token, so a model
+    # that goes on to write a next "Question:" is graded on all it wrote (its last boxed answer).
+    "abel": [],
+    "qwen-math-cot": ["<|im_end|>", "<|endoftext|>"],
     "qwen-code": ["<|im_end|>", "<|endoftext|>"],
     "simple-code": ["\nQuestion:"],
 }
 
 # The same prompt style for the other task: (math template, code template) pairs.
-_TEMPLATE_PAIRS = (("qwen-boxed", "qwen-code"), ("simple", "simple-code"))
+_TEMPLATE_PAIRS = (("qwen-boxed", "qwen-code"), ("simple", "simple-code"), ("qwen-math-cot", "qwen-code"),
+                   ("abel", "simple-code"))
 
 
 def default_template(tokenizer):
