@@ -122,15 +122,34 @@ def clip_gradients(model, max_norm):
     return float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)
 
 
-def micro_batches(indices, micro_batch_size, lockstep):
-    """`indices` cut into micro-batches of at most micro_batch_size.
+def micro_batches(indices, lengths, *, micro_batch_size, max_tokens=None, pack=False, lockstep=False):
+    """`indices` (into `lengths`, the sequences' token counts) grouped into micro-batches, one forward and
+    backward pass each. The loss is normalized by the whole mini-batch's counts, so the grouping changes
+    what is computed at once (memory, padding), never the update.
+
+    By count: micro_batch_size sequences each, in the given order.
+    By token budget (max_tokens, as verl's ppo_max_token_len_per_gpu): the sequences sorted by length,
+    longest first, each micro-batch filled while the tokens its pass computes stay within the budget:
+    the sum of their lengths when packed, the longest length x their number when padded. Sorting puts
+    sequences of similar length together, so padded micro-batches waste little too; a sequence longer
+    than the budget gets a micro-batch of its own.
 
     lockstep (sharded models): every forward and backward pass of a sharded model is a collective (it
     gathers weights and reduces gradients with all ranks), so every rank must run the same number of
     them, although ranks can hold different numbers of sequences (after --drop-zero-signal-groups,
     even none). The list is then padded with empty micro-batches up to the longest list of any rank;
     an empty one runs on a placeholder sequence with zero weight (placeholder_sequence)."""
-    batches = [indices[start:start + micro_batch_size] for start in range(0, len(indices), micro_batch_size)]
+    if max_tokens is None:
+        batches = [indices[start:start + micro_batch_size] for start in range(0, len(indices), micro_batch_size)]
+    else:
+        batches = []
+        for index in sorted(indices, key=lambda i: (-lengths[i], i)):
+            members = batches[-1] + [index] if batches else [index]
+            cost = sum(lengths[i] for i in members) if pack else len(members) * lengths[members[0]]
+            if batches and cost <= max_tokens:
+                batches[-1].append(index)
+            else:
+                batches.append([index])
     if lockstep:
         longest = int(all_ranks_sum(torch.tensor(len(batches)), op="max"))
         batches += [[] for _ in range(longest - len(batches))]
@@ -144,19 +163,21 @@ def placeholder_sequence(pad_token_id):
 
 
 @torch.no_grad()
-def batched_forward(per_token_fn, sequences, prompt_lengths, micro_batch_size, autocast_dtype, device,
-                    lockstep=False, pad_token_id=0):
-    """per_token_fn(sequences, prompt_lengths) -> [b, r], run micro-batch by micro-batch into one [B, R]
-    (lockstep: with placeholder passes where this rank has run out, see micro_batches)."""
+def batched_forward(per_token_fn, sequences, prompt_lengths, *, micro_batch_size, autocast_dtype, device,
+                    max_tokens=None, pack=False, lockstep=False, pad_token_id=0):
+    """per_token_fn(sequences, prompt_lengths) -> [b, r], run micro-batch by micro-batch (micro_batches)
+    into one [B, R]; lockstep: with placeholder passes where this rank has run out."""
     width = max((len(s) - p for s, p in zip(sequences, prompt_lengths)), default=0)
     out = torch.zeros(len(sequences), width)
-    for rows in micro_batches(list(range(len(sequences))), micro_batch_size, lockstep):
+    lengths = [len(s) for s in sequences]
+    for rows in micro_batches(list(range(len(sequences))), lengths, micro_batch_size=micro_batch_size,
+                              max_tokens=max_tokens, pack=pack, lockstep=lockstep):
         chunk = ([sequences[i] for i in rows], [prompt_lengths[i] for i in rows]) if rows else \
             placeholder_sequence(pad_token_id)
         with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
             values = per_token_fn(*chunk)
         if rows:
-            out[rows[0]:rows[-1] + 1, :values.shape[1]] = values.float().cpu()
+            out[torch.tensor(rows), :values.shape[1]] = values.float().cpu()
     return out
 
 
@@ -193,38 +214,74 @@ def _chunk_logprob_and_entropy(hidden, targets, lm_head, temperature):
     return logprob, entropy
 
 
-def final_hidden_states(model, input_ids):
-    """The last layer's (normalized) hidden states [B, L, H], from a forward pass of the whole model.
+def model_inputs(model, sequences, prompt_lengths, pad_token_id, pack=False):
+    """A micro-batch's inputs for the forward pass, padded or packed, and where its response tokens are.
+
+    padded  input_ids [B, L], each sequence right-padded to the longest: L x B positions are computed,
+            of which the padding is waste (no attention mask is needed: under the causal mask, real
+            tokens only ever attend to earlier, real tokens).
+    packed  input_ids [1, T], the sequences one after another (T: their total length, no padding), with
+            position_ids restarting at 0 for each. transformers (5.x) reads the sequence boundaries off
+            the restarted position ids and keeps each sequence's attention within itself, whatever the
+            attention implementation: sdpa and eager with a block-diagonal causal mask it builds
+            (T x T booleans), flex_attention with a block mask, flash_attention_2 with its variable-length
+            kernels (no mask at all; use it on GPUs where it is installed). Measured here for sdpa:
+            packed log-probs equal padded ones (tests/test_ppo.py).
+    Returns (kwargs for model(...), response_mask [B, R], flat_targets [B, R]): response token j of
+    sequence i is input_ids.flatten()[flat_targets[i, j]], predicted from the hidden state just before.
+    """
+    device = next(model.parameters()).device
+    lengths = torch.tensor([len(s) for s in sequences], device=device)  # [B]
+    prompt_lengths = torch.tensor(prompt_lengths, device=device)  # [B]
+    response_lengths = lengths - prompt_lengths
+    columns = torch.arange(int(response_lengths.max()) if len(sequences) else 0, device=device)[None, :]  # [1, R]
+    response_mask = columns < response_lengths[:, None]  # [B, R]
+    if not pack:
+        input_ids = pad_sequences(sequences, pad_token_id, device)  # [B, L]
+        row_starts = torch.arange(len(sequences), device=device) * input_ids.shape[1]
+        kwargs = dict(input_ids=input_ids)
+    else:
+        input_ids = torch.tensor([[token for sequence in sequences for token in sequence]], device=device)  # [1, T]
+        row_starts = torch.cumsum(lengths, 0) - lengths  # where each sequence begins in the row
+        position_ids = torch.cat([torch.arange(int(length), device=device) for length in lengths])[None, :]
+        kwargs = dict(input_ids=input_ids, position_ids=position_ids)  # no attention_mask: see above
+    flat_targets = (row_starts[:, None] + prompt_lengths[:, None] + columns).clamp(max=input_ids.numel() - 1)
+    return kwargs, response_mask, flat_targets
+
+
+def final_hidden_states(model, **inputs):
+    """The last layer's (normalized) hidden states [rows, L, H], from a forward pass of the whole model.
 
     Why not model.base_model(...): FSDP2 gathers the root unit's weights (embeddings, final norm,
     vocabulary projection) around the whole model's forward only. So the whole model runs, with
-    logits_to_keep selecting no position (no [B, L, vocab] logits), and a hook takes the base model's
+    logits_to_keep selecting no position (no [rows, L, vocab] logits), and a hook takes the base model's
     output on its way to the projection, which the caller applies in chunks."""
     captured = []
     hook = model.base_model.register_forward_hook(lambda module, args, output: captured.append(output.last_hidden_state))
     try:
-        model(input_ids=input_ids, use_cache=False, logits_to_keep=torch.zeros(0, dtype=torch.long, device=input_ids.device))
+        model(**inputs, use_cache=False,
+              logits_to_keep=torch.zeros(0, dtype=torch.long, device=inputs["input_ids"].device))
     finally:
         hook.remove()
     return captured[0]
 
 
 def response_logprobs_and_entropy(model, sequences, prompt_lengths, temperature=1.0, pad_token_id=0,
-                                  chunk_tokens=512):
-    """Log-probs [B, R] of the response tokens and the policy entropy [B, R] at each of them.
+                                  chunk_tokens=512, pack=False):
+    """Log-probs [B, R] of the response tokens and the policy entropy [B, R] at each of them (pack: one
+    packed row instead of padded rows, see model_inputs; the same numbers).
 
     The vocabulary projection runs over chunks of `chunk_tokens` response tokens, each under activation
     checkpointing, so only one chunk's [chunk_tokens, vocab] float32 blocks (logits, softmax and their
     gradients) live at a time, in the forward and in the backward pass. (Qwen2.5: 152k vocab x 4 bytes
     = 0.6 MB per token and per such tensor; 8 responses of 4096 tokens would need 20 GB each.)
-    Prompt positions never reach the vocabulary projection at all.
+    Prompt positions and padding never reach the vocabulary projection at all.
     """
-    device = next(model.parameters()).device
-    input_ids, response_mask, target_positions = _response_positions(sequences, prompt_lengths, pad_token_id, device)
-
-    hidden = final_hidden_states(model, input_ids)  # [B, L, H]
-    hidden = hidden.gather(1, (target_positions - 1)[..., None].expand(-1, -1, hidden.shape[-1]))  # [B, R, H]
-    hidden, targets = hidden[response_mask], input_ids.gather(1, target_positions)[response_mask]  # [N, H], [N]
+    inputs, response_mask, flat_targets = model_inputs(model, sequences, prompt_lengths, pad_token_id, pack)
+    device = response_mask.device
+    hidden = final_hidden_states(model, **inputs).flatten(0, 1)  # [rows * L, H]
+    positions = flat_targets[response_mask]  # [N]
+    hidden, targets = hidden[positions - 1], inputs["input_ids"].flatten()[positions]  # [N, H], [N]
 
     lm_head = model.get_output_embeddings()
     logprob_chunks, entropy_chunks = [], []
@@ -257,12 +314,11 @@ def naive_response_logprobs_and_entropy(model, sequences, prompt_lengths, temper
     return logprobs * response_mask, entropy_all.gather(1, previous) * response_mask
 
 
-def response_values(critic, sequences, prompt_lengths, pad_token_id=0):
+def response_values(critic, sequences, prompt_lengths, pad_token_id=0, pack=False):
     """The critic's value estimates V(s_j) [B, R] of the state before each response token j."""
-    device = next(critic.parameters()).device
-    input_ids, response_mask, target_positions = _response_positions(sequences, prompt_lengths, pad_token_id, device)
-    values = critic(input_ids=input_ids, use_cache=False).logits[..., 0].float()  # [B, L]
-    return values.gather(1, target_positions - 1) * response_mask
+    inputs, response_mask, flat_targets = model_inputs(critic, sequences, prompt_lengths, pad_token_id, pack)
+    values = critic(**inputs, use_cache=False).logits[..., 0].float().flatten()  # [rows * L]
+    return values[flat_targets - 1] * response_mask
 
 
 #### Rewards per token, KL estimators
@@ -441,7 +497,8 @@ def aggregate(per_token, mask, mode, mini_batch_tokens, mini_batch_sequences, ma
 def ppo_update(model, optimizer, batch, *, mini_batches, micro_batch_size, ppo_epochs, clip_ratio,
                kl_coef, entropy_coef, max_grad_norm, temperature, pad_token_id, seed, clip_ratio_high=None,
                dual_clip=None, loss_agg="token-mean", kl_estimator="k3", kl_in_loss=True, max_response_length=None,
-               tis_cap=None, critic=None, critic_optimizer=None, value_clip=0.2, autocast_dtype=None):
+               tis_cap=None, critic=None, critic_optimizer=None, value_clip=0.2, autocast_dtype=None,
+               max_tokens_per_micro_batch=None, pack=False):
     """PPO over one rollout batch: ppo_epochs passes, each over `mini_batches` shuffled mini-batches (one
     optimizer step each), each mini-batch accumulated over micro-batches (one forward/backward each).
     Under torchrun every rank takes the same number of optimizer steps over its own share of the batch
@@ -450,7 +507,14 @@ def ppo_update(model, optimizer, batch, *, mini_batches, micro_batch_size, ppo_e
 
     batch: "sequences" (token lists), "prompt_lengths" [B], "old_logprobs" [B, R], "ref_logprobs" [B, R]
     or None, "advantages" [B, R], "response_mask" [B, R]; for a critic also "old_values" and "returns"
-    [B, R]; for tis_cap "engine_logprobs" [B, R].
+    [B, R]; "engine_logprobs" [B, R] (the rollout engine's own, for tis_cap and the rollout_logprob_diff
+    metric: the mean |engine - old| over the loss's tokens, the health check of the weight sync).
+
+    old_logprobs None: strictly on-policy (one mini-batch, one epoch), the old policy is the one being
+    updated, so the old log-probs are this forward pass's own, detached (as verl lets the update reuse
+    them): the separate pass that would compute the same numbers is skipped, and the ratio is exactly 1.
+    Micro-batches: micro_batch_size sequences each, or max_tokens_per_micro_batch tokens (micro_batches);
+    pack: each micro-batch as one packed row without padding (model_inputs).
 
     tis_cap: truncated importance sampling (Yao et al. 2025): the engine samples from slightly different
     numerics than the trainer's; weighting each token by min(pi_old / pi_engine, cap) corrects for it.
@@ -464,6 +528,10 @@ def ppo_update(model, optimizer, batch, *, mini_batches, micro_batch_size, ppo_e
     order = list(range(size))
     models = [model] if critic is None else [model, critic]
     lockstep = is_sharded(model)
+    on_policy = batch["old_logprobs"] is None
+    if on_policy and (mini_batches != 1 or ppo_epochs != 1):
+        raise ValueError("old_logprobs=None (reused from the update's forward pass) needs one mini-batch and one epoch")
+    lengths = [len(sequence) for sequence in batch["sequences"]]
     history = {}
     for epoch in range(ppo_epochs):
         random.Random(seed * 1000 + epoch).shuffle(order)
@@ -475,7 +543,8 @@ def ppo_update(model, optimizer, batch, *, mini_batches, micro_batch_size, ppo_e
             normalizers = dict(mini_batch_tokens=max(int(counts[0]), 1), mini_batch_sequences=max(int(counts[1]), 1),
                                max_response_length=max_response_length)
             sums = {}
-            for micro_indices in micro_batches(mini_indices, micro_batch_size, lockstep):
+            for micro_indices in micro_batches(mini_indices, lengths, micro_batch_size=micro_batch_size,
+                                               max_tokens=max_tokens_per_micro_batch, pack=pack, lockstep=lockstep):
                 indices = torch.tensor(micro_indices, dtype=torch.long)
                 sequences = [batch["sequences"][i] for i in indices]
                 prompt_lengths = [batch["prompt_lengths"][i] for i in indices]
@@ -483,12 +552,14 @@ def ppo_update(model, optimizer, batch, *, mini_batches, micro_batch_size, ppo_e
                     sequences, prompt_lengths = placeholder_sequence(pad_token_id)
                 with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
                     logprobs, entropy = response_logprobs_and_entropy(
-                        model, sequences, prompt_lengths, temperature=temperature, pad_token_id=pad_token_id)
+                        model, sequences, prompt_lengths, temperature=temperature, pad_token_id=pad_token_id,
+                        pack=pack)
                 width = logprobs.shape[1]
                 take = lambda name: (batch[name][indices, :width] if micro_indices  # noqa: E731
                                      else torch.zeros(logprobs.shape)).to(device)  # (a placeholder's: mask 0)
                 mask = take("response_mask").float()  # [b, r]
-                old_logprobs, advantages = take("old_logprobs"), take("advantages")
+                old_logprobs = logprobs.detach() if on_policy else take("old_logprobs")
+                advantages = take("advantages")
 
                 pg_loss, clipped = ppo_clip_loss(logprobs, old_logprobs, advantages, clip_ratio, clip_ratio_high,
                                                  dual_clip)
@@ -497,6 +568,8 @@ def ppo_update(model, optimizer, batch, *, mini_batches, micro_batch_size, ppo_e
                 loss = pg_loss - entropy_coef * entropy
                 metrics = {"pg_loss": pg_loss, "entropy": entropy, "clip_frac": clipped.float(),
                            "ratio_mean": torch.exp(logprobs - old_logprobs)}
+                if batch.get("engine_logprobs") is not None:
+                    metrics["rollout_logprob_diff"] = (take("engine_logprobs") - old_logprobs).abs()
                 if kl_coef > 0 and kl_in_loss:
                     kl = kl_estimate(logprobs, take("ref_logprobs"), kl_estimator)
                     loss = loss + kl_coef * kl
@@ -505,7 +578,7 @@ def ppo_update(model, optimizer, batch, *, mini_batches, micro_batch_size, ppo_e
 
                 if critic is not None:
                     with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
-                        values = response_values(critic, sequences, prompt_lengths, pad_token_id)
+                        values = response_values(critic, sequences, prompt_lengths, pad_token_id, pack=pack)
                     critic_loss = value_loss(values, take("old_values"), take("returns"), value_clip)
                     aggregate(critic_loss, mask, "token-mean", **normalizers).backward()
                     metrics["value_loss"] = critic_loss
@@ -520,7 +593,8 @@ def ppo_update(model, optimizer, batch, *, mini_batches, micro_batch_size, ppo_e
                 if not is_sharded(each_model):  # FSDP2 has reduced a sharded model's gradients already
                     all_reduce_gradients(each_model.parameters())
             names = ["pg_loss", "entropy", "clip_frac", "ratio_mean"] + ["kl"] * (kl_coef > 0 and kl_in_loss) \
-                + ["value_loss"] * (critic is not None)  # the same list on every rank, even an idle one
+                + ["value_loss"] * (critic is not None) \
+                + ["rollout_logprob_diff"] * (batch.get("engine_logprobs") is not None)  # the same on every rank
             totals = all_ranks_sum(torch.tensor([sums.get(name, 0.0) for name in names], dtype=torch.float64))
             step_metrics = {name: float(total) / normalizers["mini_batch_tokens"] for name, total in zip(names, totals)}
             step_metrics["ratio_max"] = float(all_ranks_sum(torch.tensor(sums.get("ratio_max", 0.0)), op="max"))

@@ -128,6 +128,14 @@ class Config:
                                          "updates; all prompts on CPU, i.e. strictly on-policy)")
     micro_batch_size: int = flag(None, "sequences per forward/backward pass, the memory knob; gradients are "
                                        "accumulated over micro-batches (auto: 8 on GPU, 64 on CPU)")
+    max_tokens_per_micro_batch: int = flag(None, "a token budget per forward/backward pass instead of a count: "
+                                                 "sequences sorted by length and grouped up to this many tokens "
+                                                 "(padded: longest x count; packed: their sum), as verl's "
+                                                 "ppo_max_token_len_per_gpu (default: --micro-batch-size sequences)")
+    pack_sequences: bool = flag(None, "run each micro-batch as one row of its sequences packed end to end, no "
+                                      "padding (restarted position ids keep their attention apart); auto: on when "
+                                      "flash-attention is installed (its variable-length kernels), else off (sdpa "
+                                      "then builds a tokens x tokens mask)")
     ppo_epochs: int = flag(1, "passes over each rollout batch")
     clip_ratio: float = flag(0.2, "PPO clip range epsilon: ratios outside [1-eps, 1+eps] get no gradient")
     clip_ratio_high: float = flag(None, "upper clip range when different from --clip-ratio (DAPO's clip-higher: "
@@ -528,11 +536,20 @@ def seed_everything(seed):
     torch.manual_seed(seed)
 
 
+def attention_implementation():
+    """flash_attention_2 where flash-attn is installed (GPUs; it also runs packed rows without a mask),
+    else PyTorch's sdpa."""
+    import importlib.util
+
+    return "flash_attention_2" if torch.cuda.is_available() and importlib.util.find_spec("flash_attn") else "sdpa"
+
+
 def load_model(path, device, gradient_checkpointing=False):
     from transformers import AutoModelForCausalLM
 
     # Float32 master weights; on a GPU the forward passes run under bf16 autocast (mixed precision).
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, attn_implementation="sdpa").to(device)
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32,
+                                                 attn_implementation=attention_implementation()).to(device)
     if gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     return model
@@ -545,7 +562,7 @@ def load_critic(path, device, gradient_checkpointing=False):
     config = AutoConfig.from_pretrained(path, num_labels=1)
     config.classifier_dropout = 0.0  # dropout would make the value estimates noisy
     critic = AutoModelForTokenClassification.from_pretrained(
-        path, config=config, dtype=torch.float32, attn_implementation="sdpa").to(device)
+        path, config=config, dtype=torch.float32, attn_implementation=attention_implementation()).to(device)
     if gradient_checkpointing:
         critic.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     return critic
@@ -673,6 +690,7 @@ RESUMABLE_CHANGES = {"max_steps", "save_every", "keep_checkpoints", "resume", "e
                      "eval_benchmarks", "eval_data_dir", "eval_limit", "log_samples", "report_to",
                      "reflection_keywords", "micro_batch_size", "vllm_memory_utilization", "vllm_sleep",
                      "gradient_checkpointing", "rollout_engine", "sharding", "fsdp_offload",
+                     "max_tokens_per_micro_batch", "pack_sequences",
                      "recipe", "dry_run"}  # (what a recipe sets is compared field by field)
 
 
@@ -946,6 +964,13 @@ def main(argv=None):
                 shard_model(model, mesh, mixed_precision=on_gpu, cpu_offload=config.fsdp_offload)
         autocast_dtype = None
 
+    # How the update's passes are cut and laid out (ppo.micro_batches, ppo.model_inputs), and whether the
+    # separate old-log-prob pass is needed at all (not when strictly on-policy: see step 5).
+    pack = config.pack_sequences if config.pack_sequences is not None else \
+        attention_implementation().startswith("flash")
+    reuse_old_logprobs = config.prompts_per_step == config.mini_batch_prompts and config.ppo_epochs == 1 \
+        and not config.kl_in_reward
+
     # The engine starts before the optimizer states exist: vLLM claims its share of the free GPU memory
     # at start, which a resumed run's Adam moments would otherwise have taken.
     # A response that would run past the model's context stops there (counted as truncated).
@@ -1018,7 +1043,7 @@ def main(argv=None):
     progress = tqdm(range(first_step, total_steps + 1), initial=first_step - 1, total=total_steps, desc="zero-rl",
                     dynamic_ncols=True, disable=not main_process)
     for step in progress:
-        timings = {}
+        timings, step_start = {}, time.perf_counter()
         stage_number, stage = stage_at(stages, step)
         task, all_problems = stage_tasks[stage_number], stage_problems[stage_number]
         stage_template = task_template(template, task)
@@ -1083,27 +1108,29 @@ def main(argv=None):
         response_lengths = torch.tensor([len(s.response_token_ids) for s in train_samples], dtype=torch.long)  # [B]
         width = int(response_lengths.max()) if train_samples else 0
         response_mask = torch.arange(width)[None, :] < response_lengths[:, None]  # [B, R]
-        forward_args = dict(micro_batch_size=config.micro_batch_size, autocast_dtype=autocast_dtype, device=device,
-                            lockstep=is_sharded(policy), pad_token_id=tokenizer.pad_token_id)
+        forward_args = dict(micro_batch_size=config.micro_batch_size, max_tokens=config.max_tokens_per_micro_batch,
+                            pack=pack, autocast_dtype=autocast_dtype, device=device, lockstep=is_sharded(policy),
+                            pad_token_id=tokenizer.pad_token_id)
         logprobs_of = lambda model: (lambda seqs, lens: response_logprobs_and_entropy(  # noqa: E731
-            model, seqs, lens, temperature=stage["temperature"], pad_token_id=tokenizer.pad_token_id)[0])
+            model, seqs, lens, temperature=stage["temperature"], pad_token_id=tokenizer.pad_token_id, pack=pack)[0])
         update_metrics = {}
         lr = optimizer.param_groups[0]["lr"]
         # Under torchrun a rank may have nothing left to train on (all its groups dropped) while others
         # do: it still takes part in every collective step of the update, with empty tensors.
         if int(all_ranks_sum(torch.tensor(len(train_samples)))) > 0:
-            old_logprobs = batched_forward(logprobs_of(policy), sequences, prompt_token_counts, **forward_args)
+            # Strictly on-policy (one mini-batch, one epoch, no KL folded into the reward): the old log-probs
+            # are those of the weights about to be updated, so the update's own forward pass gives them and
+            # this pass is skipped (ppo_update with old_logprobs None). Otherwise they are computed here.
+            old_logprobs = None if reuse_old_logprobs else \
+                batched_forward(logprobs_of(policy), sequences, prompt_token_counts, **forward_args)
             ref_logprobs = (batched_forward(logprobs_of(reference), sequences, prompt_token_counts, **forward_args)
                             if reference is not None else None)
-            old_values = (batched_forward(lambda seqs, lens: response_values(critic, seqs, lens, tokenizer.pad_token_id),
+            old_values = (batched_forward(lambda seqs, lens: response_values(critic, seqs, lens, tokenizer.pad_token_id,
+                                                                             pack=pack),
                                           sequences, prompt_token_counts, **forward_args) if critic is not None else None)
-            engine_logprobs = torch.zeros_like(old_logprobs)  # [B, R]
+            engine_logprobs = torch.zeros(response_mask.shape)  # [B, R]; its gap to the trainer's is logged
             for row, sample in enumerate(train_samples):
                 engine_logprobs[row, :len(sample.response_logprobs)] = torch.tensor(sample.response_logprobs)
-            # The health check of weight sync: the engine sampled from the same policy the trainer holds.
-            diff = all_ranks_sum(torch.tensor([float(((engine_logprobs - old_logprobs).abs() * response_mask).sum()),
-                                               float(response_mask.sum())]))
-            update_metrics["rollout_logprob_diff"] = float(diff[0] / diff[1].clamp(min=1))
 
             #### 6. Advantages [B, R]
             kl_penalty = None
@@ -1132,7 +1159,8 @@ def main(argv=None):
                 max_grad_norm=config.max_grad_norm, temperature=stage["temperature"],
                 pad_token_id=tokenizer.pad_token_id, seed=config.seed + step,
                 max_response_length=stage["max_new_tokens"], tis_cap=config.tis_cap, critic=critic,
-                critic_optimizer=critic_optimizer, value_clip=config.value_clip, autocast_dtype=autocast_dtype))
+                critic_optimizer=critic_optimizer, value_clip=config.value_clip, autocast_dtype=autocast_dtype,
+                max_tokens_per_micro_batch=config.max_tokens_per_micro_batch, pack=pack))
             scheduler.step()  # the schedule counts updates, not rollouts
             bad_steps_in_a_row = bad_steps_in_a_row + 1 if update_metrics["skipped_update_frac"] == 1.0 else 0
         timings["time/update"] = time.perf_counter() - start
@@ -1169,7 +1197,11 @@ def main(argv=None):
         # Training dynamics: reflection keywords, length of right and wrong answers, truncation
         metrics.update(dynamics_metrics(texts, correct, finish_reasons, lengths, keywords))
         if held_out and (step == total_steps or (config.eval_every and step % config.eval_every == 0)):
+            start = time.perf_counter()
             metrics.update(evaluate(step, stage["max_new_tokens"]))
+            timings["time/eval"] = metrics["time/eval"] = time.perf_counter() - start
+        # Everything the timings above leave out: batching, gathering, logging (the checkpoint, if any, follows).
+        metrics["time/other"] = time.perf_counter() - step_start - sum(timings.values())
         if main_process:
             metrics_file.write(json.dumps(metrics) + "\n")
             metrics_file.flush()

@@ -185,11 +185,17 @@ def run_torchrun(arguments):
     return result
 
 
+# Token-budget micro-batches of packed rows: ranks then run different numbers of passes, which the
+# lockstep placeholders even out.
+SHARDED_FLAGS = ["--pack-sequences", "--max-tokens-per-micro-batch", "48"]
+
+
 @pytest.fixture(scope="module")
 def sharded_run(tiny_model_dir, toy_data_dir, tmp_path_factory):
     """A 4-step run under torchrun with --sharding fsdp, never interrupted."""
     output_dir = tmp_path_factory.mktemp("sharded") / "run"
-    result = run_torchrun(torchrun_command(tiny_model_dir, toy_data_dir, output_dir, "--sharding", "fsdp", steps=4))
+    result = run_torchrun(torchrun_command(tiny_model_dir, toy_data_dir, output_dir, "--sharding", "fsdp", *SHARDED_FLAGS,
+                                           steps=4))
     return output_dir, result
 
 
@@ -232,7 +238,7 @@ def test_sharded_run_killed_and_resumed_ends_with_the_same_weights(sharded_run, 
 
     expected_dir, _ = sharded_run
     output_dir = tmp_path / "run"
-    arguments = torchrun_command(tiny_model_dir, toy_data_dir, output_dir, "--sharding", "fsdp", steps=4)
+    arguments = torchrun_command(tiny_model_dir, toy_data_dir, output_dir, "--sharding", "fsdp", *SHARDED_FLAGS, steps=4)
     process = subprocess.Popen(arguments, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
                                env={**os.environ, "OMP_NUM_THREADS": "1"})
     deadline = time.time() + 600

@@ -309,3 +309,100 @@ def test_a_non_finite_gradient_skips_the_optimizer_step(policy):
     assert ppo_update(model, optimizer, batch, mini_batches=1, micro_batch_size=8, **UPDATE_ARGS)[
         "skipped_update_frac"] == 1.0
     assert all(torch.equal(value, state[name]) for name, value in model.state_dict().items())
+
+
+#### Micro-batches by token budget, packed rows, the on-policy reuse of the update's log-probs
+
+def varied_sequences(model, seed=0):
+    """Sequences whose responses are 4, 0 (empty), 6, 1 and 16 tokens long, after prompts of 4-6 tokens."""
+    generator = torch.Generator().manual_seed(seed)
+    prompts, responses = [5, 5, 6, 6, 4], [4, 0, 6, 1, 16]
+    sequences = [torch.randint(2, model.config.vocab_size, (p + r,), generator=generator).tolist()
+                 for p, r in zip(prompts, responses)]
+    return sequences, prompts
+
+
+def test_packed_rows_give_the_padded_logprobs_entropies_and_values(policy, tiny_model_dir):
+    from transformers import AutoConfig, AutoModelForTokenClassification
+
+    from ppo import model_inputs, response_values
+
+    sequences, prompt_lengths = varied_sequences(policy)
+    for grad in (False, True):  # with gradients the projection runs under checkpointing
+        with torch.set_grad_enabled(grad):
+            padded = response_logprobs_and_entropy(policy, sequences, prompt_lengths)
+            packed = response_logprobs_and_entropy(policy, sequences, prompt_lengths, pack=True)
+        for name, a, b in zip(("logprobs", "entropy"), padded, packed):
+            assert a.shape == b.shape == (5, 16)
+            torch.testing.assert_close(b, a, atol=1e-5, rtol=0, msg=lambda m: f"{name}, grad {grad}: {m}")
+    critic = AutoModelForTokenClassification.from_pretrained(
+        tiny_model_dir, config=AutoConfig.from_pretrained(tiny_model_dir, num_labels=1))
+    with torch.no_grad():
+        torch.testing.assert_close(response_values(critic, sequences, prompt_lengths, pack=True),
+                                   response_values(critic, sequences, prompt_lengths), atol=1e-5, rtol=0)
+    # The control: the same packed row with position ids that do not restart lets each sequence attend
+    # to the ones before it, and the log-probs move.
+    inputs, response_mask, flat_targets = model_inputs(policy, sequences, prompt_lengths, 0, pack=True)
+    inputs["position_ids"] = torch.arange(inputs["input_ids"].shape[1])[None, :]
+    with torch.no_grad():
+        logits = policy(**inputs).logits.flatten(0, 1).log_softmax(-1)
+    positions = flat_targets[response_mask]
+    leaked = logits[positions - 1].gather(-1, inputs["input_ids"].flatten()[positions][:, None]).squeeze(-1)
+    assert (leaked - padded[0][response_mask]).abs().max() > 1e-2
+
+
+def test_micro_batches_by_token_budget_by_hand():
+    from ppo import micro_batches
+
+    lengths = [10, 3, 7, 3, 12, 1]
+    assert micro_batches(list(range(6)), lengths, micro_batch_size=4) == [[0, 1, 2, 3], [4, 5]]
+    # Longest first (12, 10, 7, 3, 3, 1), each micro-batch filled while within the budget. Packed, a
+    # micro-batch costs the sum of its lengths: 12 | 10 | 7+3+3+1 = 14.
+    assert micro_batches(list(range(6)), lengths, micro_batch_size=4, max_tokens=14, pack=True) == \
+        [[4], [0], [2, 1, 3, 5]]
+    # Padded, it costs its count x its longest (its first): 12 | 10 | 2 x 7 = 14 | 2 x 3 (3 x 7 > 14).
+    assert micro_batches(list(range(6)), lengths, micro_batch_size=4, max_tokens=14) == [[4], [0], [2, 1], [3, 5]]
+    # A budget below a sequence's length: that sequence alone.
+    assert micro_batches(list(range(6)), lengths, micro_batch_size=4, max_tokens=5) == [[4], [0], [2], [1], [3], [5]]
+    assert micro_batches([], lengths, micro_batch_size=4, max_tokens=14) == []
+
+
+@pytest.mark.parametrize("pack", [False, True], ids=["padded", "packed"])
+def test_token_budget_micro_batches_give_the_same_update(policy, pack):
+    batch = fixed_batch(policy, size=8)
+
+    def weights_after(**grouping):
+        model = copy.deepcopy(policy)
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.5)
+        ppo_update(model, optimizer, batch, mini_batches=1, **grouping, **{**UPDATE_ARGS, "max_grad_norm": 1e9})
+        return model.state_dict()
+
+    fixed = weights_after(micro_batch_size=3)
+    budget = weights_after(micro_batch_size=3, max_tokens_per_micro_batch=25, pack=pack)
+    for name, value in fixed.items():
+        torch.testing.assert_close(budget[name], value, atol=1e-6, rtol=0, msg=lambda m: f"{name}: {m}")
+
+
+def test_on_policy_update_reuses_its_own_logprobs(policy):
+    """old_logprobs None: the ratio is exactly 1 and the step equals the two-pass one's."""
+    batch = fixed_batch(policy, size=8)
+    batch["engine_logprobs"] = batch["old_logprobs"] + 0.01
+
+    def run(old_logprobs):  # SGD: Adam's first step, about lr x sign(gradient), would amplify float noise
+        model = copy.deepcopy(policy)
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.5)
+        metrics = ppo_update(model, optimizer, dict(batch, old_logprobs=old_logprobs), mini_batches=1,
+                             micro_batch_size=3, **{**UPDATE_ARGS, "max_grad_norm": 1e9})
+        return model.state_dict(), metrics
+
+    two_pass, two_pass_metrics = run(batch["old_logprobs"])
+    reused, reused_metrics = run(None)
+    assert reused_metrics["ratio_max"] == 1.0 and reused_metrics["ratio_mean"] == 1.0
+    assert reused_metrics["clip_frac"] == 0.0
+    assert reused_metrics["rollout_logprob_diff"] == pytest.approx(0.01, abs=1e-5)
+    for name, value in two_pass.items():
+        torch.testing.assert_close(reused[name], value, atol=1e-6, rtol=0, msg=lambda m: f"{name}: {m}")
+    with pytest.raises(ValueError, match="one mini-batch and one epoch"):
+        run_model = copy.deepcopy(policy)
+        ppo_update(run_model, torch.optim.SGD(run_model.parameters(), lr=0.1), dict(batch, old_logprobs=None),
+                   mini_batches=2, micro_batch_size=3, **UPDATE_ARGS)

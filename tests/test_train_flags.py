@@ -14,6 +14,7 @@ VARIANTS = {
     "rloo": ["--adv-estimator", "rloo", "--loss-agg", "seq-mean-token-mean"],
     "reinforce_pp": ["--adv-estimator", "reinforce_pp", "--kl-in-reward", "--kl-estimator", "k1"],
     "gae": ["--adv-estimator", "gae", "--gamma", "1.0", "--lam", "0.95"],
+    "packed-token-budget": ["--pack-sequences", "--max-tokens-per-micro-batch", "40", "--mini-batch-prompts", "2"],
     "dapo-like": ["--clip-ratio-high", "0.28", "--kl-coef", "0", "--mask-truncated", "--drop-zero-signal-groups"],
     "dual-clip-tis-8bit": ["--dual-clip", "3", "--tis-cap", "2", "--optim", "adamw8bit", "--ppo-epochs", "2",
                            "--mini-batch-prompts", "2", "--no-gradient-checkpointing", "--reward-scheme", "simplerl"],
