@@ -1,6 +1,7 @@
 """Padding, speed and memory of the update path (old log-probs + PPO update) on a realistic length mix.
 
     python bench/bench_packing.py                              # CPU: Qwen2.5's vocabulary on a small body
+    python bench/bench_packing.py --shape cpu-body             # CPU: a body that outweighs its vocabulary
     python bench/bench_packing.py --shape 0.5b --sequences 64 --max-tokens 32768    # a GPU, unchanged
 
 The batch's response lengths follow real ones: the 800 graded responses of
@@ -15,6 +16,7 @@ pass, then one PPO update (one mini-batch, one epoch: the CPU defaults and the A
   budget         --max-tokens-per-micro-batch: sorted by length, padded micro-batches within the budget
   budget+pack    the same budget, each micro-batch one packed row (no padding)
   reuse          today's micro-batches, the old log-probs taken from the update's own forward pass
+  budget+reuse   the padded token budget and the reuse
   all            budget + pack + reuse
 Reported: body positions computed per real token (padding overhead; the vocabulary projection only ever
 sees real response tokens), seconds per 1000 real tokens of the whole path, peak memory (GPU: torch's
@@ -42,6 +44,7 @@ VARIANTS = {  # name: (token budget?, packed?, reuse the update's log-probs?)
     "budget": (True, False, False),
     "budget+pack": (True, True, False),
     "reuse": (False, False, True),
+    "budget+reuse": (True, False, True),
     "all": (True, True, True),
 }
 
