@@ -9,7 +9,8 @@ without it, SimpleRL-Zero's). Then one step of the loop (DeepSeek-R1-Zero; Simpl
   2. sample samples_per_prompt responses to each with the colocated vLLM engine,
   3. reward each response by checking its last \\boxed{} answer against the gold answer,
   4. (optionally) drop prompts whose samples all got the same reward: they carry no signal,
-  5. recompute the log-probs of the sampled tokens under the policy (old) and the reference model,
+  5. recompute the log-probs of the sampled tokens under the policy (old; when strictly on-policy the
+     update's own forward pass gives them instead) and the reference model,
   6. turn rewards into advantages, normalized within each prompt's group of samples (GRPO; or
      Dr. GRPO, RLOO, REINFORCE++, or GAE with a learned critic),
   7. take PPO clipped-objective steps over mini-batches, with a KL penalty to the reference model,
