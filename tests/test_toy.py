@@ -56,7 +56,7 @@ def test_toy_quick_start_learns(toy, tmp_path):
     assert [m["step"] for m in steps] == list(range(1, len(steps) + 1))
     for key in ("reward_mean", "accuracy", "format_rate", "response_length_mean", "truncated_rate", "entropy",
                 "kl", "pg_loss", "clip_frac", "grad_norm", "lr", "rollout_logprob_diff", "time/rollout",
-                "time/reward", "time/update", "time/sync"):
+                "time/reward", "time/update", "time/sync", "time/other"):
         assert all(key in m for m in steps), key
     # The engine kept sampling from the policy the trainer held, step after step.
     assert max(m["rollout_logprob_diff"] for m in steps) < 1e-3
