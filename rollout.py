@@ -57,6 +57,11 @@ class VLLMEngine:
         world_size = int(os.environ.get("WORLD_SIZE", "1"))
         groups = dict(tensor_parallel_size=tensor_parallel_size, data_parallel_size=world_size // tensor_parallel_size) \
             if tensor_parallel_size > 1 else {}
+        # On CPU vLLM sizes the KV cache as memory_utilization x RAM minus this process's resident memory,
+        # which goes negative once the trainer (its model, its optimizer) already holds more than that
+        # share: there the KV cache is given explicitly as memory_utilization x RAM instead.
+        memory = dict(gpu_memory_utilization=memory_utilization) if torch.cuda.is_available() else \
+            dict(kv_cache_memory_bytes=int(memory_utilization * os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")))
         self.llm = LLM(
             distributed_executor_backend="external_launcher" if world_size > 1 else None,
             **groups,
@@ -64,7 +69,7 @@ class VLLMEngine:
             dtype=dtype,
             seed=seed,
             max_model_len=max_model_len,
-            gpu_memory_utilization=memory_utilization,  # on CPU: the share of RAM for the KV cache
+            **memory,
             enable_sleep_mode=enable_sleep,
             enforce_eager=not torch.cuda.is_available(),  # no graph capture on CPU
             # Log-probs after temperature scaling: those of the distribution the tokens were actually

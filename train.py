@@ -97,7 +97,7 @@ class Config:
     top_p: float = flag(1.0, "nucleus sampling for rollouts")
     rollout_engine: str = flag("auto", "vllm, hf (transformers generate), or auto: vllm when installed",
                                choices=["auto", "vllm", "hf"])
-    vllm_memory_utilization: float = flag(None, "share of GPU memory (on CPU: of RAM) the engine may use "
+    vllm_memory_utilization: float = flag(None, "share of GPU memory the engine may use (on CPU: the share of RAM for its KV cache) "
                                                 "(auto: 0.5 on GPU, 0.15 on CPU)")
     vllm_sleep: bool = flag(False, "put the engine to sleep (free its KV cache) during the update; GPU only")
 
@@ -826,11 +826,12 @@ def open_log(path, resume_step):
 def main(argv=None):
     config = parse_config(argv)
     on_gpu = torch.cuda.is_available()
-    rank, world_size, device = init_distributed(on_gpu)
-    config = resolve_auto(config, on_gpu, world_size)
-    if config.dry_run:  # the settings this command would run with; nothing is loaded
+    if config.dry_run:  # the settings this command would run with (under torchrun: its WORLD_SIZE); nothing starts
+        config = resolve_auto(config, on_gpu, int(os.environ.get("WORLD_SIZE", "1")))
         print(json.dumps(dataclasses.asdict(config), indent=2))
         return config
+    rank, world_size, device = init_distributed(on_gpu)
+    config = resolve_auto(config, on_gpu, world_size)
     # Ranks sharing one rollout engine (--rollout-tp): a group per engine; without it, a group per rank.
     rollout_group, rollout_groups = rank // config.rollout_tp, world_size // config.rollout_tp
     autocast_dtype = torch.bfloat16 if on_gpu else None  # fp32 on CPU: faster there and exact

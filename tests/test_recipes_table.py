@@ -195,7 +195,8 @@ def test_the_command_line_dry_run_loads_nothing(tmp_path):
 
 def readme_commands(script):
     """The README's command lines that run `script` (fenced code blocks, continuations joined, chains split,
-    comments dropped), as argument lists after the script; placeholders ("...", RUN, FILE) are left out."""
+    comments dropped), as (world_size, argument list after the script) pairs, world_size being what torchrun's
+    --nnodes x --nproc_per_node would give (1 for python); placeholders ("...", RUN, FILE) are left out."""
     blocks, inside = [], False
     for line in (ROOT / "README.md").read_text().splitlines():
         if re.fullmatch(r"\s*```\w*\s*", line):
@@ -212,16 +213,22 @@ def readme_commands(script):
                 words = shlex.split(part, comments=True)
                 if (script in words and "..." not in words
                         and not {"RUN", "FILE"} & {w.split("/")[0] for w in words}):
-                    arguments = words[words.index(script) + 1:]
+                    launcher, arguments = words[:words.index(script)], words[words.index(script) + 1:]
+                    world_size = 1
+                    for option in ("--nnodes", "--nproc_per_node"):
+                        if option in launcher:
+                            world_size *= int(launcher[launcher.index(option) + 1])
                     if arguments[:1] != ["plot"]:
-                        commands.append(arguments)
+                        commands.append((world_size, arguments))
     return commands
 
 
-def test_the_readme_train_commands_parse(capsys):
+def test_the_readme_train_commands_parse(capsys, monkeypatch):
     commands = readme_commands("train.py")
+    assert any(world_size == 8 for world_size, _ in commands)  # the torchrun lines are checked too
     recipes = set()
-    for arguments in commands:
+    for world_size, arguments in commands:
+        monkeypatch.setenv("WORLD_SIZE", str(world_size))  # as torchrun sets it; a dry run starts no process group
         config, _ = parse(capsys, *arguments)
         recipes.add(config.recipe)
     assert {"toy", "simplerl-blog", "simplerl-zoo/Qwen2.5-0.5B", "simplerl-zoo/Llama-3.1-8B",
@@ -240,7 +247,7 @@ def test_the_toy_recipe_is_the_quick_start_spelled_out(capsys):
 def test_the_readme_evaluate_commands_parse(capsys):
     commands = readme_commands("evaluate.py")
     assert len(commands) >= 3  # the Table 1 commands
-    for arguments in commands:
+    for _, arguments in commands:
         settings = evaluate.main([*arguments, "--dry-run"])
         assert settings["max_new_tokens"] > 0 and settings["stop_strings"]
 
