@@ -328,15 +328,19 @@ def kl_estimate(logprobs, ref_logprobs, estimator):
     k1 = log pi - log ref            (unbiased, high variance, can be negative)
     k2 = (log pi - log ref)^2 / 2    (biased, low variance)
     k3 = exp(ref - logp) - (ref - logp) - 1   (unbiased, low variance, never negative)
-    The log-ratio is clamped to [-10, 10] for k3 so one wild token cannot blow up the loss (as verl)."""
+    k3 as verl's "low_var_kl" (verl 0.9.1 core_algos.kl_penalty_forward; the verl fork SimpleRL-Zoo shipped
+    clamps the same way): the estimate itself is clamped to [-10, 10], so a token whose KL estimate passes 10
+    adds a constant 10 and no gradient (log-prob 0, reference 3: 10, not 16.09 with gradient -19.09); the
+    log-ratio is first clamped to [-20, 20], which changes no finite value (past 20 the estimate is at 10
+    anyway) but keeps exp() from overflowing into inf - inf = nan."""
     log_ratio = logprobs - ref_logprobs
     if estimator == "k1":
         return log_ratio
     if estimator == "k2":
         return 0.5 * log_ratio ** 2
     if estimator == "k3":
-        negative_log_ratio = (-log_ratio).clamp(-10, 10)
-        return torch.exp(negative_log_ratio) - negative_log_ratio - 1
+        negative_log_ratio = (-log_ratio).clamp(-20, 20)
+        return (torch.exp(negative_log_ratio) - negative_log_ratio - 1).clamp(-10, 10)
     raise ValueError(f"unknown KL estimator {estimator!r}; choose from {KL_ESTIMATORS}")
 
 
@@ -358,10 +362,14 @@ def token_level_rewards(rewards, response_mask, kl_penalty=None, kl_coef=0.0):
 #### Advantage estimators
 
 def whiten(values, mask, eps=1e-8):
-    """(x - mean) / std over the masked entries of the whole batch (on every rank, under torchrun)."""
+    """(x - mean) / sqrt(var + eps) over the masked entries of the whole batch (on every rank, under torchrun).
+
+    var is the unbiased sample variance (divided by N - 1), as verl's masked_whiten; with a single entry
+    (where N - 1 = 0 and verl raises) the population variance, 0, is used."""
     count = all_ranks_sum(mask.sum().double())
     mean = (all_ranks_sum((values * mask).sum().double()) / count).to(values.dtype)
-    variance = (all_ranks_sum((((values - mean) * mask) ** 2).sum().double()) / count).to(values.dtype)
+    squares = all_ranks_sum((((values - mean) * mask) ** 2).sum().double())
+    variance = (squares / (count - 1) if count > 1 else squares / count.clamp(min=1)).to(values.dtype)
     return (values - mean) * torch.rsqrt(variance + eps) * mask
 
 
@@ -454,7 +462,14 @@ def ppo_clip_loss(logprobs, old_logprobs, advantages, clip_ratio, clip_ratio_hig
 
     clip_ratio_high > clip_ratio is DAPO's clip-higher (Yu et al. 2025): room for unlikely tokens to rise.
     dual_clip = c > 1 (Ye et al. 2020) also bounds the loss of negative-advantage tokens by -c * A, so a
-    huge ratio on a bad token cannot dominate the batch. Returns (loss [B, R], clipped [B, R] bool)."""
+    huge ratio on a bad token cannot dominate the batch. Returns (loss [B, R], clipped [B, R] bool).
+
+    Deviations from verl 0.9.1's compute_policy_loss_vanilla, both deliberate (tests/test_verl_agreement.py):
+    - dual-clip is off unless dual_clip is given; verl always applies it with clip_ratio_c = 3. The verl fork
+      SimpleRL-Zoo shipped had no dual-clip, and the default reproduces SimpleRL-Zoo (--dual-clip 3 gives verl's).
+    - no clamp of the log-ratio to [-20, 20] before exp (verl has one): the ratio of an on-policy update is
+      near 1, and a log-ratio past 20 means a broken rollout that the non-finite-step guard should see, not a
+      value to hide."""
     clip_ratio_high = clip_ratio if clip_ratio_high is None else clip_ratio_high
     ratio = torch.exp(logprobs - old_logprobs)
     unclipped = -advantages * ratio
@@ -481,7 +496,11 @@ def aggregate(per_token, mask, mode, mini_batch_tokens, mini_batch_sequences, ma
     seq-mean-token-mean      mean over sequences of each sequence's token mean (each sequence weighs the same,
                              as in the original GRPO: short answers' tokens weigh more)
     seq-mean-token-sum-norm  sum of token losses / (sequences * max_response_length): a constant normalizer,
-                             no length bias (Dr. GRPO)"""
+                             no length bias (Dr. GRPO)
+    max_response_length is the fixed --max-new-tokens (train.py passes it). verl's default normalizer is the
+    padded width of the response tensor, which its rollouts pad to the configured response length, so the two
+    agree there; zerorl's micro-batches are padded only to their own longest response, hence the fixed value
+    (a width-dependent normalizer would make the loss depend on how sequences were grouped)."""
     masked = per_token * mask
     if mode == "token-mean":
         return masked.sum() / mini_batch_tokens

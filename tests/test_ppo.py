@@ -26,8 +26,23 @@ def test_kl_k3_by_hand():
     # k3 = exp(ref - logp) - (ref - logp) - 1
     expected = torch.tensor([math.exp(-1) + 1 - 1, 0.0, math.exp(0.1) - 0.1 - 1])
     torch.testing.assert_close(kl_k3(logprobs, ref_logprobs), expected)
-    # The clamp keeps a wild log-ratio finite: exp(10) - 10 - 1.
-    assert kl_k3(torch.tensor([0.0]), torch.tensor([-50.0])).item() == pytest.approx(math.exp(-10) + 10 - 1)
+    # Inside the clamp the gradient is d/dlogp k3 = 1 - exp(ref - logp).
+    logprobs.requires_grad_(True)
+    kl_k3(logprobs, ref_logprobs).sum().backward()
+    torch.testing.assert_close(logprobs.grad, 1 - torch.exp(ref_logprobs - logprobs.detach()))
+
+
+def test_kl_k3_tails_are_clamped_as_verl():
+    # verl's low_var_kl clamps the estimate to [-10, 10]: log-prob 0, reference 3 gives 10 (not
+    # exp(3) - 3 - 1 = 16.09) and no gradient (not 1 - e^3 = -19.09); the same far out on both sides.
+    logprobs = torch.tensor([0.0, 0.0, 0.0, -60.0, 0.0], requires_grad=True)
+    ref_logprobs = torch.tensor([3.0, -50.0, 2.0, 0.0, -float("inf")])
+    estimate = kl_k3(logprobs, ref_logprobs)
+    torch.testing.assert_close(estimate.detach(), torch.tensor([10.0, 10.0, math.exp(2) - 2 - 1, 10.0, 10.0]))
+    estimate.sum().backward()
+    torch.testing.assert_close(logprobs.grad, torch.tensor([0.0, 0.0, 1 - math.exp(2), 0.0, 0.0]))
+    # Just inside the clamp: exp(2.3) - 3.3 = 6.67, with its gradient.
+    assert kl_k3(torch.tensor([0.0]), torch.tensor([2.3])).item() == pytest.approx(math.exp(2.3) - 2.3 - 1, rel=1e-6)
 
 
 def test_ppo_clip_loss_by_hand():
@@ -188,8 +203,11 @@ def test_gae_with_gamma_and_lambda_one_is_reward_to_go_minus_value():
 def test_whiten_over_the_masked_entries_only():
     values = torch.tensor([[1.0, 3.0, 100.0]])
     mask = torch.tensor([[1.0, 1.0, 0.0]])
-    # mean 2, population std 1 -> [-1, 1], the padding stays 0
-    torch.testing.assert_close(whiten(values, mask), torch.tensor([[-1.0, 1.0, 0.0]]), atol=1e-6, rtol=0)
+    # mean 2, unbiased variance ((1-2)^2 + (3-2)^2) / (2 - 1) = 2 (as verl's masked_whiten) -> [-0.7071, 0.7071],
+    # the padding stays 0
+    torch.testing.assert_close(whiten(values, mask), torch.tensor([[-0.7071, 0.7071, 0.0]]), atol=1e-4, rtol=0)
+    # One entry: N - 1 = 0, the population variance 0 is used (verl raises): the entry becomes 0.
+    torch.testing.assert_close(whiten(values, torch.tensor([[0.0, 1.0, 0.0]])), torch.zeros(1, 3))
 
 
 def test_compute_advantages_broadcasts_group_estimators_over_tokens():
@@ -199,9 +217,10 @@ def test_compute_advantages_broadcasts_group_estimators_over_tokens():
     torch.testing.assert_close(advantages, torch.tensor([[0.7071, 0.7071, 0.0], [-0.7071, -0.7071, -0.7071]]),
                                atol=1e-4, rtol=0)
     assert returns is None
-    # REINFORCE++: per-token returns whitened over the batch (5 tokens: 1, 1, 0, 0, 0 -> mean 0.4, std 0.4899)
+    # REINFORCE++: per-token returns whitened over the batch (5 tokens: 1, 1, 0, 0, 0 -> mean 0.4, unbiased
+    # variance (2 * 0.36 + 3 * 0.16) / 4 = 0.3, std 0.5477)
     advantages, _ = compute_advantages("reinforce_pp", torch.tensor([1.0, 0.0]), mask, samples_per_prompt=2)
-    torch.testing.assert_close(advantages, torch.tensor([[1.2247, 1.2247, 0.0], [-0.8165, -0.8165, -0.8165]]),
+    torch.testing.assert_close(advantages, torch.tensor([[1.0954, 1.0954, 0.0], [-0.7303, -0.7303, -0.7303]]),
                                atol=1e-4, rtol=0)
 
 
