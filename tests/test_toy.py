@@ -48,7 +48,7 @@ def test_toy_quick_start_learns(toy, tmp_path):
     before, after = evaluations[0]["eval/accuracy"], evaluations[-1]["eval/accuracy"]
     print(f"held-out greedy accuracy {before:.3f} -> {after:.3f}")
     assert 0.15 <= before <= 0.5  # the warm-up left a partially able policy
-    # Measured: 0.255 -> 0.505 (the run is deterministic: seeded per step). On 200 held-out problems
+    # Measured: 0.250 -> 0.650, 0.255 -> 0.535, 0.275 -> 0.505 on three toy builds (each run is seeded per step). On 200 held-out problems
     # a 20-point gain is some six standard errors.
     assert after - before >= 0.2
 
@@ -81,7 +81,7 @@ def test_toy_learns_with_ppo_and_a_critic(toy, tmp_path):
     metrics = [json.loads(line) for line in open(output_dir / "metrics.jsonl")]
     evaluations = [m["eval/accuracy"] for m in metrics if "eval/accuracy" in m]
     print(f"gae: held-out greedy accuracy {evaluations[0]:.3f} -> {evaluations[-1]:.3f}")
-    # Measured at seed 0 (runs are deterministic): 0.255 -> 0.385 after 40 steps; earlier, unseeded runs
+    # Measured at seed 0: 0.250 -> 0.425 and 0.255 -> 0.385 after 40 steps on two toy builds; earlier, unseeded runs
     # gained 0.19 to 0.23. On 200 held-out problems a 10-point gain is about three standard errors.
     assert evaluations[-1] - evaluations[0] >= 0.1
     assert all(m["value_loss"] == m["value_loss"] for m in metrics if "value_loss" in m)  # finite, logged
