@@ -26,14 +26,18 @@ Normalization (string level; then equal strings are equal answers)
     letter is never taken for a unit: "\\frac{37}{4} m" keeps its m.
   - Degrees, percent and dollar signs are dropped, with NO rescaling: "90^\\circ" == "90",
     "10\\%" == "10", "\\$18.90" == "18.90"; but "10\\%" != "0.1" and "90^\\circ" != "\\frac{\\pi}{2}".
+    Percent as a word likewise: "28 percent" == "28 pct" == "28 per cent" == "28", != "0.28".
   - Thousands separators only in a well-formed whole number: "10,\\!080" == "10080"; "3,2" is a list.
-  - Clock times: "4:30 \\text{ p.m.}" == "\\text{4:30 PM}" == "4:30pm"; "4:30 a.m." != "4:30 p.m.".
+  - Clock times become 24-hour h:mm[:ss]: "4:30 \\text{ p.m.}" == "\\text{4:30 PM}" == "4:30pm" == "16:30",
+    "8:34 p.m." == "20:34:00", "12:15 a.m." == "0:15"; "4:30 a.m." != "4:30 p.m.", "20:34:30" != "20:34".
+  - Mixed numbers with a space in plain text: "1 1/2" == "\\frac32" (never 11/2); "2 5/2" (not proper) is
+    not read as a number at all.
   - A base subscript is dropped: "52_8" == "52". "x \\in [2,5)" is "[2,5)"; "\\mathbb{R}" is
     "(-\\infty,\\infty)"; "infinity" and "\\inf" are "\\infty"; "\\le", "\\leq" and "<=" are the same.
 
 Equivalence
   1. Numbers are exact rationals: integers, decimals, \\frac{a}{b}, a/b, mixed numbers
-     (1\\frac{4}{5} == 9/5), scientific notation (4.5e33 == 4.5\\times10^{33}). "0.5" == "\\frac12";
+     (1\\frac{4}{5} == 9/5, "1 1/2" == 3/2), scientific notation (4.5e33 == 4.5\\times10^{33}). "0.5" == "\\frac12";
      "5" != "500"; "0.5" != "50". No x100 or /100 leniency anywhere.
      Tolerance rule for decimals: a number written with a decimal point stands for every value it is a
      correct rounding of, provided it has at least 3 significant digits: "0.333" == "\\frac13",
@@ -52,13 +56,30 @@ Equivalence
      Parentheses around a single answer are grouping: "(113)" == "113".
   4. Sets, multi-answer lists and interval unions are unordered, and every answer is required, with no
      extras: "3, 2" == "2, 3", "\\{1,2\\}" == "\\{2,1\\}", "3 \\text{ or } 5" != "3", "3, 5" != "3, 5, 7".
+     "or" needs no spaces next to brackets or digits: "(11,7)or(7,11)" == "(7,11), (11,7)".
+     A set is its distinct elements ("\\{1,1,2\\}" == "\\{1,2\\}"), but a list counts its answers: a
+     repeated answer is an extra one ("1, 1, 2" != "1, 2").
   5. \\pm gives both answers: "1 \\pm \\sqrt{2}" == "1+\\sqrt2, 1-\\sqrt2".
   6. Equations: an assignment to one variable compares its right side: "x=5" == "5",
      "y = 2x+3" == "2x+3", "f(x)=2x" == "2x"; but "x=5" != "y=5". Other equations are equal when one is
      a nonzero multiple of the other: "x+y=1" == "2x+2y=2".
+     Against a plain value (no = on the other side), a label is dropped: a left side made only of names
+     (x_1, f(2), P(A), |AB|, AB, \\angle ABC, \\overline{AB}, a tuple of names, a sum of names) names the
+     quantity: "(p,q)=(3,2)" == "(3,2)", "|AB| = 1" == "1", "a+b=7" == "7"; "2x = 6" is an equation, not
+     a label, and equals neither 6 nor 3.
+     Chains of equal values count when every link holds, and the value is any link: "x = 3 + 8 = 11" ==
+     "11", but "3 + 3 = 2" matches nothing. A value with its approximation ("\\approx", "\\sim", "\\simeq",
+     "≈") needs the decimal to be a correct rounding of the value: "\\frac{\\sqrt3}{3} \\approx 0.577" ==
+     "\\frac{\\sqrt3}{3}", but "\\frac{\\sqrt3}{3} \\approx 0.578" is wrong.
   7. Inequalities in one variable are intervals: "x \\ge 5" == "[5, \\infty)", "1 < x \\le 3" == "(1,3]".
+     A side a*x + b with numbers a, b is solved first (a < 0 flips the relation): "-x > -1" == "x < 1",
+     "2x > 2" == "(1, \\infty)", "-4 \\le -2x < 2" == "(-1, 2]".
      Other inequalities are equal when one is a positive multiple of the other: "x+y>2" == "2<x+y".
-  8. Matrices and vectors (pmatrix, bmatrix, ...): same shape, entries equal in order.
+  8. Matrices and vectors (pmatrix, bmatrix, ...): same shape, entries equal in order. Matrix arithmetic
+     is evaluated: "2\\begin{pmatrix}1\\\\2\\end{pmatrix}" == "\\begin{pmatrix}2\\\\4\\end{pmatrix}" (powers up to 64).
+     \\sum and \\prod with integer bounds at most MAX_EXPLICIT_TERMS apart are added out
+     ("\\sum_{k=1}^{10} k" == "55"); others stay unevaluated and equal only the same sum written the same
+     way, so "\\sum_{k=1}^{10^9} k" can never hang a comparison.
   9. Answers made only of letters are text, compared case-insensitively: "\\text{Even}" == "even".
      Multiple-choice letters: "(B)" == "B" == "\\text{(B)} 12" when the other side is a single letter A-E.
  10. Infinity: "\\infty" == "+\\infty" != "-\\infty".
@@ -215,7 +236,9 @@ def _well_formatted(responses, timeout, num_workers):
 _UNICODE_SYMBOLS = (("\u2212", "-"), ("\u2013", "-"), ("\u03c0", "\\pi "), ("\u221e", "\\infty "),
                     ("\u221a", "\\sqrt"), ("\u00b0", "^\\circ"), ("\u2264", "\\le "), ("\u2265", "\\ge "),
                     ("\u00d7", "\\times "), ("\u00b7", "\\cdot "), ("\u00f7", "\\div "), ("\u2260", "\\neq "))
-_CLOCK_TIME = re.compile(r"(\d{1,2}:\d{2})\s*(\\(?:text|mbox|mathrm)\s*\{\s*)?([aApP])\.?\s*[mM]\.?(?(2)\s*\})")
+# h:mm or h:mm:ss, with an optional a.m./p.m. (also as \text{ p.m.}); rewritten to 24-hour h:mm[:ss].
+_CLOCK_TIME = re.compile(r"(?<![\d:.])(\d{1,2}):(\d{2})(?::(\d{2}))?(?![\d:])"
+                         r"(?:\s*(\\(?:text|mbox|mathrm)\s*\{\s*)?([aApP])\.?\s*[mM]\.?(?(4)\s*\}))?")
 _DISPLAY_DELIMITERS = re.compile(r"(?<!\\)\\[()\[\]]")  # \( \) \[ \], but not a row break "\\" before "["
 _TEXT_WRAPPER = re.compile(r"\\(?:text(?:bf|it|rm|normal|sf|tt)?|math(?:rm|bf|it|sf|tt|normal)|mbox|hbox"
                            r"|boxed|fbox|framebox|operatorname\*?|boldsymbol|bm|emph)\s*\{")
@@ -228,13 +251,16 @@ _THIN_SPACES = re.compile(r"\s*(?<!\\)\\[,!;:]\s*")
 _WIDE_SPACES = re.compile(r"\\q?quad(?![a-zA-Z])|~|(?<!\\)\\ ")
 _DEGREES = re.compile(r"\^\s*\{?\s*\\circ\s*\}?|\\circ(?![a-zA-Z])|\\degree(?![a-zA-Z])")
 _PERCENT = re.compile(r"\\?%")
+# "1 1/2" in plain text is the mixed number 3/2; without this the space would vanish and leave 11/2.
+_SPACED_MIXED_NUMBER = re.compile(r"(?<![\d.,/])([+-]?\d+)\s+(\d+)\s*/\s*(\d+)(?![\d.,/])")
 _RELATION_SPELLINGS = (
     (re.compile(r"\\leqslant|\\leq(?![a-zA-Z])|\\le(?![a-zA-Z])|<="), r"\\le "),
     (re.compile(r"\\geqslant|\\geq(?![a-zA-Z])|\\ge(?![a-zA-Z])|>="), r"\\ge "),
     (re.compile(r"\\lt(?![a-zA-Z])"), "<"),
     (re.compile(r"\\gt(?![a-zA-Z])"), ">"),
     (re.compile(r"\\neq(?![a-zA-Z])|\\ne(?![a-zA-Z])|!="), r"\\neq "),
-    (re.compile(r"\\approx(?![a-zA-Z])"), "="),
+    # A value with its approximation ("\frac{\sqrt3}{3} \approx 0.577") is a chain: see _chain.
+    (re.compile(r"\\(?:approx|thickapprox|approxeq|simeq|sim|doteq)(?![a-zA-Z])|\u2248"), r"\\approx "),
 )
 _INFINITY_SPELLINGS = re.compile(r"\\infinity|\\inf(?![a-zA-Z])|(?<!\\)\binfinity\b", re.IGNORECASE)
 _EMPTY_SET = re.compile(r"\\varnothing|\\\{\s*\\\}")
@@ -242,7 +268,7 @@ _REAL_LINE = re.compile(r"\\mathbb\s*\{?\s*R\s*\}?")
 _UNIT_WORDS = (r"units?|cm|mm|km|meters?|metres?|inch(?:es)?|feet|foot|ft|yards?|miles?|mph|degrees?"
                r"|dollars?|cents?|hours?|hrs?|minutes?|mins|seconds?|secs|days?|weeks?|months?|years?"
                r"|pounds?|lbs?|ounces?|oz|gallons?|liters?|litres?|grams?|kg|kilograms?|calories|people"
-               r"|students")
+               r"|students|percent|per\s?cent|pct")  # no x100: "28 percent" is 28, as "28\\%" is
 _TRAILING_UNIT_WORD = re.compile(r"(?<=[\d}).\s])\s*(?:square\s+|sq\.?\s*|cubic\s+)?(?:" + _UNIT_WORDS +
                                  r")(?:\s*\^\s*\{?\s*[23]\s*\}?)?\s*$")
 _MEMBERSHIP_PREFIX = re.compile(r"^[a-zA-Z](?:_\{?\w+\}?)?\s*\\in(?![a-zA-Z])\s*")
@@ -282,12 +308,32 @@ def _strip_trailing_text_unit(text):
     return text
 
 
+def _clock_time_24h(match):
+    """ "8:34 p.m." -> "20:34", "12:15 a.m." -> "0:15", "20:34:00" -> "20:34"; anything that is not a valid
+    time of day (a ratio such as "3:45" is one, and stays as it is) is left unchanged."""
+    hours, minutes, seconds, half = int(match.group(1)), int(match.group(2)), int(match.group(3) or 0), match.group(5)
+    if minutes > 59 or seconds > 59 or (half and not 1 <= hours <= 12) or (not half and hours > 23):
+        return match.group()
+    if half:
+        hours = hours % 12 + (12 if half in "pP" else 0)
+    return f"{hours}:{minutes:02d}" + (f":{seconds:02d}" if seconds else "")
+
+
+def _spaced_mixed_number(match):
+    """ "1 1/2" -> "1\\frac{1}{2}" (a mixed number) when the fraction is proper; otherwise "2 5/2" is not a
+    number we can read, and "{}" keeps its digits apart so it is never taken for 25/2."""
+    whole, numerator, denominator = match.groups()
+    if 0 < int(numerator) < int(denominator):
+        return whole + "\\frac{" + numerator + "}{" + denominator + "}"
+    return whole + "{}" + numerator + "/" + denominator
+
+
 def _clean(answer):
     """String-level normalization. Spaces are kept: they separate words such as "or" in lists."""
     text = str(answer)
     for symbol, latex in _UNICODE_SYMBOLS:
         text = text.replace(symbol, latex)
-    text = _CLOCK_TIME.sub(lambda match: match.group(1) + " " + match.group(3).lower() + "m", text)
+    text = _CLOCK_TIME.sub(_clock_time_24h, text)
     text = _DISPLAY_DELIMITERS.sub(" ", text.replace("\n", " "))
     text = text.replace("\\$", " ").replace("$", " ")  # currency, then math delimiters
     text = _strip_trailing_text_unit(text)  # before unwrapping, while units are still marked as text
@@ -297,6 +343,7 @@ def _clean(answer):
     text = _SIZING_COMMANDS.sub("", text)
     text = _THIN_SPACES.sub("", text)  # "10,\!080" -> "10,080"
     text = _WIDE_SPACES.sub(" ", text)
+    text = _SPACED_MIXED_NUMBER.sub(_spaced_mixed_number, text)
     text = _DEGREES.sub("", text)
     text = _PERCENT.sub("", text)
     text = text.replace("{,}", ",")
@@ -432,6 +479,7 @@ def _numbers_equal(first, second):
 #   ("matrix", [[items], ...])
 
 _WORD_SEPARATOR = re.compile(r"\s+(?:or|and)\s+")
+_GLUED_WORD_SEPARATOR = re.compile(r"(?:or|and)(?=[-+(\[{\\\d])")
 _MATRIX = re.compile(r"\\begin\{([pbBvV]?matrix|smallmatrix|array)\}(?:\{[^{}]*\})?(.*)\\end\{\1\}", re.DOTALL)
 _VARIABLE = re.compile(r"(?:[a-zA-Z]|\\(?:alpha|beta|gamma|theta|lambda|mu|phi|omega|tau|sigma|rho))"
                        r"(?:_\{?[a-zA-Z0-9]+\}?)?")
@@ -471,6 +519,9 @@ def _split_top_level(text):
             elif char.isspace():
                 word = _WORD_SEPARATOR.match(text, position)
                 cut = (word.end(), "word") if word else None
+            elif char in "oa" and position and text[position - 1] in ")]}0123456789":
+                word = _GLUED_WORD_SEPARATOR.match(text, position)  # "(11,7)or(7,11)"
+                cut = (word.end(), "word") if word else None
         if cut:
             parts.append(text[start:position])
             separators.append(cut[1])
@@ -495,9 +546,66 @@ def _closes_at_end(text, open_position):
     return False
 
 
+_COEFFICIENT = r"(?:\d+(?:\.\d+)?|\\frac\{\d+\}\{\d+\}|\\frac\d\d)"
+_LINEAR = re.compile(r"([+-]?)(" + _COEFFICIENT + r")?(?:\*|\\cdot)?(" + _VARIABLE.pattern + r")(?:/(" + _COEFFICIENT +
+                     r"))?(?:([+-])(" + _COEFFICIENT + r"))?")
+_FLIPPED = {"<": ">", ">": "<", "\\le": "\\ge", "\\ge": "\\le"}
+
+
+def _coefficient(text):
+    return Fraction(1) if not text else _parse_number(text).value
+
+
+def _linear_side(side):
+    """ "-2x+3" -> (-2, "x", 3): a side a*x + b with a known nonzero a and b (None otherwise)."""
+    match = _LINEAR.fullmatch(side)
+    if not match:
+        return None
+    sign, factor, variable, divisor, constant_sign, constant = match.groups()
+    slope = _coefficient(factor) / _coefficient(divisor) * (-1 if sign == "-" else 1)
+    offset = _coefficient(constant) * (-1 if constant_sign == "-" else 1) if constant else Fraction(0)
+    return (slope, variable, offset) if slope else None
+
+
+def _solve_bound(bound, slope, offset):
+    """(bound - offset) / slope, as an exact number when the bound is one, else as an expression."""
+    number = _parse_number(bound)
+    if number is not None and number.resolution is None and isinstance(number.value, Fraction):
+        value = (number.value - offset) / slope
+        return str(value.numerator) if value.denominator == 1 else f"{value.numerator}/{value.denominator}"
+    shifted = f"({bound})-({offset.numerator}/{offset.denominator})" if offset else f"({bound})"
+    return f"({shifted})/({slope.numerator}/{slope.denominator})"
+
+
+def _normalize_linear_inequality(parts):
+    """ "-x > -1" -> ["x", "<", "1"], "2 < 4x \\le 6" -> ["1/2", "<", "x", "\\le", "3/2"]: a one-variable side a*x+b
+    with numbers a, b is solved for x (dividing by a < 0 flips the relations). None when nothing to do."""
+    if len(parts) == 3:
+        for index, other in ((0, 2), (2, 0)):
+            linear = _linear_side(parts[index])
+            if linear and not _VARIABLE.fullmatch(parts[index]) and not _VARIABLE.fullmatch(parts[other]):
+                slope, variable, offset = linear
+                relation = parts[1] if index == 0 else _FLIPPED[parts[1]]  # now "variable relation bound"
+                if slope < 0:
+                    relation = _FLIPPED[relation]
+                return [variable, relation, _solve_bound(parts[other], slope, offset)]
+    if len(parts) == 5 and not _VARIABLE.fullmatch(parts[2]):
+        linear = _linear_side(parts[2])
+        if linear:
+            slope, variable, offset = linear
+            low, high = _solve_bound(parts[0], slope, offset), _solve_bound(parts[4], slope, offset)
+            if slope > 0:
+                return [low, parts[1], variable, parts[3], high]
+            return [low, _FLIPPED[parts[1]], variable, _FLIPPED[parts[3]], high]  # "2 >= x > -1"
+    return None
+
+
 def _inequality_as_interval(leaf):
-    """ "x\\ge5" -> ("ordered", "[", ")", [5, \\infty], "x"); None when the leaf is not such an inequality."""
+    """ "x\\ge5" -> ("ordered", "[", ")", [5, \\infty], "x"); also "2x \\ge 10", "-x<-5" (solved for x first);
+    None when the leaf is not such an inequality."""
     parts = [part.strip() for part in _INEQUALITY.split(leaf)]
+    if len(parts) in (3, 5) and all(parts[0::2]):
+        parts = _normalize_linear_inequality(parts) or parts
     if len(parts) == 3:
         left, relation, right = parts
         if _VARIABLE.fullmatch(left) and right:
@@ -552,7 +660,7 @@ def _parse_structure(text, depth=0):
         raise _TooLarge("answer nested too deeply")
     text = text.strip().rstrip(".").strip()
     matrix = _MATRIX.fullmatch(text)
-    if matrix:
+    if matrix and "\\end{" not in matrix.group(2):  # one matrix, not an expression of several
         rows = [row for row in re.split(r"\\\\", matrix.group(2)) if row.strip()]
         return ("matrix", [[_parse_structure(cell, depth + 1) for cell in row.split("&")] for row in rows])
     parts, separators = _split_top_level(text)
@@ -602,9 +710,104 @@ def _compare_answers(prediction, gold, use_sympy):
     if max(_nesting_depth(prediction), _nesting_depth(gold)) > MAX_NESTING_DEPTH:
         return False
     try:
-        return _structures_equal(_parse_structure(prediction), _parse_structure(gold), use_sympy)
+        for one, other in ((prediction, gold), (gold, prediction)):
+            if "=" not in one and "\\approx" not in one:
+                continue
+            values = _chain(one, use_sympy)
+            if values is not None and len(_split_chain(other)[0]) == 1:  # the other is a plain value
+                return any(_structures_equal(_parse_structure(value), _parse_structure(other), use_sympy)
+                           for value in values)
+        first, second = _parse_structure(prediction), _parse_structure(gold)
+        if _structures_equal(first, second, use_sympy):
+            return True
+        if "matrix}" in prediction and "matrix}" in gold and "leaf" in (first[0], second[0]):
+            # matrix arithmetic ("2\\begin{pmatrix}1\\\\2\\end{pmatrix}") is one sympy expression
+            return _leaves_equal(_canonical(prediction), _canonical(gold), use_sympy)
+        return False
     except _TooLarge:
         return False
+
+
+# A label names the quantity an answer is about: x, x_1, f(x), P(A), |AB|, AB, \angle ABC, m\angle A,
+# \overline{AB}, a tuple of names (p,q), or a sum of names a+b. "2x" is not one (it is an equation's side).
+_NAME = r"(?:\\(?:angle|overline|vec)\s*\{?|m\\angle\s*)?(?:[a-zA-Z]|\\[a-zA-Z]+)+\}?(?:_\{[^{}=]*\}|_[a-zA-Z0-9])?'*(?:\([^()=]*\))?"
+_LABEL = re.compile(r"(?:" + _NAME + r"|\|" + _NAME + r"\||\(" + _NAME + r"(?:," + _NAME + r")+\)|" + _NAME +
+                    r"(?:[-+*]" + _NAME + r")+)")
+_CHAIN_RELATION = re.compile(r"=|\\approx(?![a-zA-Z])")
+
+
+def _split_chain(text):
+    """Split "a = b \\approx c" at its top-level = and \\approx: (["a", "b", "c"], ["=", "\\approx"])."""
+    parts, relations, depth, start, position = [], [], 0, 0, 0
+    while position < len(text):
+        char = text[position]
+        if char in "([{":
+            depth += 1
+        elif char in ")]}":
+            depth -= 1
+        elif depth == 0:
+            relation = _CHAIN_RELATION.match(text, position)
+            if relation and not (char == "=" and text[position - 1:position] in ("<", ">", "!")):
+                parts.append(text[start:position].strip())
+                relations.append(relation.group().strip())
+                start = position = relation.end()
+                continue
+        position += 1
+    parts.append(text[start:].strip())
+    return parts, relations
+
+
+def _chain(text, use_sympy):
+    """The values an answer states, when it is a labelled value or a chain of equal (or approximate) values:
+    "x = 3 + 8 = 11" -> ["3 + 8", "11"], "|AB| = 1" -> ["1"], "\\frac{\\sqrt3}{3} \\approx 0.577" -> both sides.
+    Every link must hold ("3 + 3 = 2" states nothing true: [], which matches nothing); a \\approx link needs its
+    decimal to be a correct rounding of the value before it. None when the text is not such an answer (no
+    relation, or an equation with unknowns such as "2x = 6", left to the rules for equations)."""
+    parts, relations = _split_chain(text)
+    if not relations or not all(parts):
+        return None
+    if _LABEL.fullmatch(_canonical(parts[0])):
+        parts, relations = parts[1:], relations[1:]
+    if not relations:
+        return parts
+    if any(_has_unknowns(part) for part in parts):
+        return None
+    for left, relation, right in zip(parts, relations, parts[1:]):
+        if relation == "=" and not _structures_equal(_parse_structure(left), _parse_structure(right), use_sympy):
+            return []
+        if relation != "=" and not _approximates(_canonical(left), _canonical(right), use_sympy):
+            return []
+    return parts
+
+
+def _has_unknowns(text):
+    """Letters other than e, i and command names: "3 + 8" has none, "2x" has."""
+    return bool(re.search(r"(?<![\\a-zA-Z])[a-df-hj-zA-Z]", re.sub(r"\\[a-zA-Z]+", " ", text)))
+
+
+def _approximates(exact, approximation, use_sympy):
+    """ "\\frac{\\sqrt3}{3} \\approx 0.577": the decimal is the exact value correctly rounded to its last
+    written digit (any number of digits). A non-decimal approximation must be within 1 %."""
+    number = _parse_number(approximation)
+    exact_number = _parse_number(exact)
+    if number is not None and exact_number is not None and isinstance(exact_number.value, Fraction) \
+            and isinstance(number.value, Fraction):
+        tolerance = number.resolution / 2 if number.resolution is not None else abs(exact_number.value) / 100
+        return abs(exact_number.value - number.value) <= tolerance
+    if not use_sympy:
+        raise _NeedsSympy
+    import sympy
+    try:
+        exact_value = _evaluate(_latex_to_sympy(exact), {}, _NUMERIC_DIGITS)
+        approximate_value = _evaluate(_latex_to_sympy(approximation), {}, _NUMERIC_DIGITS)
+    except Exception:
+        return False
+    if exact_value is None or approximate_value is None or sympy.im(exact_value) or sympy.im(approximate_value):
+        return False
+    if number is not None and number.resolution is not None:
+        half_unit = sympy.Rational(number.resolution.numerator, number.resolution.denominator) / 2
+        return abs(exact_value - approximate_value) <= half_unit
+    return abs(exact_value - approximate_value) <= abs(exact_value) / 100
 
 
 def _as_ordered(structure):
@@ -627,10 +830,13 @@ def _structures_equal(first, second, use_sympy):
             return False
         return all(_structures_equal(a, b, use_sympy) for a, b in zip(first[3], second[3]))
     if first[0] == "unordered" and second[0] == "unordered":
-        if len(first[2]) != len(second[2]):
+        first_items, second_items = first[2], second[2]
+        if "set" in (first[1], second[1]):  # a set is its distinct elements: {1,1,2} is {1,2}
+            first_items, second_items = _distinct(first_items, use_sympy), _distinct(second_items, use_sympy)
+        if len(first_items) != len(second_items):
             return False
-        unmatched = list(second[2])
-        for item in first[2]:  # every answer must be matched by a different answer on the other side
+        unmatched = list(second_items)
+        for item in first_items:  # every answer must be matched by a different answer on the other side
             match = next((other for other in unmatched if _structures_equal(item, other, use_sympy)), None)
             if match is None:
                 return False
@@ -644,6 +850,20 @@ def _structures_equal(first, second, use_sympy):
     return False
 
 
+def _top_level_equals(text):
+    """Whether text is an equation: an = outside all braces and brackets (not the k=1 of \\sum_{k=1})."""
+    return len(_split_chain(text)[0]) > 1 and "=" in _split_chain(text)[1]
+
+
+def _distinct(items, use_sympy):
+    """The items with repeats (equivalent to an earlier item) left out."""
+    kept = []
+    for item in items:
+        if not any(_structures_equal(item, earlier, use_sympy) for earlier in kept):
+            kept.append(item)
+    return kept
+
+
 def _choice_letter(leaf):
     match = _CHOICE_LETTER.fullmatch(leaf)
     return match and (match.group(1) or match.group(2))
@@ -652,7 +872,9 @@ def _choice_letter(leaf):
 def _split_assignment(leaf):
     """("x", "5") for "x=5", ("f(x)", "2x") for "f(x)=2x"; None for anything else."""
     match = _ASSIGNMENT.fullmatch(leaf)
-    return (match.group(1), match.group(2)) if match else None
+    if not match or match.group(1).count("{") != match.group(1).count("}"):
+        return None  # "\\sum_{k=1}^{10} k": that = is inside the subscript
+    return (match.group(1), match.group(2))
 
 
 def _leaves_equal(first, second, use_sympy):
@@ -672,11 +894,11 @@ def _leaves_equal(first, second, use_sympy):
     first_assignment, second_assignment = _split_assignment(first), _split_assignment(second)
     if first_assignment and second_assignment and first_assignment[0] == second_assignment[0]:
         return _leaves_equal(_canonical(first_assignment[1]), _canonical(second_assignment[1]), use_sympy)
-    if first_assignment and "=" not in second:  # "x=5" == "5"
+    if first_assignment and not _top_level_equals(second):  # "x=5" == "5"
         return _leaves_equal(_canonical(first_assignment[1]), second, use_sympy)
-    if second_assignment and "=" not in first:
+    if second_assignment and not _top_level_equals(first):
         return _leaves_equal(first, _canonical(second_assignment[1]), use_sympy)
-    if ("=" in first) != ("=" in second):
+    if _top_level_equals(first) != _top_level_equals(second):
         return False
     if (_WORDS.fullmatch(first) and second_number) or (_WORDS.fullmatch(second) and first_number):
         return False
@@ -715,7 +937,10 @@ _RELATIONS = {"=": "=", "<": "<", ">": ">", "\\le": "\\le", "\\ge": "\\ge", "\\n
 _MULTIPLY = {"*", "\\cdot", "\\times"}
 _DIVIDE = {"/", "\\div"}
 _CLOSING = {"(": ")", "[": "]", "{": "}"}
-_ATOM_COMMANDS = {"\\frac", "\\sqrt", "\\binom", "\\pi", "\\infty", "\\lfloor", "\\lceil", "\\imath"}
+_ATOM_COMMANDS = {"\\frac", "\\sqrt", "\\binom", "\\pi", "\\infty", "\\lfloor", "\\lceil", "\\imath", "\\sum", "\\prod",
+                  "\\begin"}
+MAX_EXPLICIT_TERMS = 1000  # \sum and \prod with integer bounds this close are added up; wider ones are not
+MAX_MATRIX_CELLS = 100
 _SIMPLE_ATOM_COMMANDS = {"\\pi"} | {"\\" + name for name in _GREEK}
 _MIXED_NUMBER_IN_TEXT = re.compile(r"(?<![\w.}^_])(\d+)\\frac(?:\{(\d+)\}|(\d))(?:\{(\d+)\}|(\d))")
 
@@ -728,6 +953,7 @@ class _Tokens:
                        if match.lastgroup != "space"]
         self.position = 0
         self.depth = 0
+        self.indices = set()  # index variables of the sums being parsed: there i and e are not constants
 
     def peek(self):
         return self.tokens[self.position] if self.position < len(self.tokens) else ("end", "")
@@ -890,6 +1116,8 @@ def _parse_symbol(name, tokens):
         else:
             subscript = [tokens.take_single_character()[1]]
         return sympy.Symbol(name + "_" + "".join(subscript))
+    if name in tokens.indices:
+        return sympy.Symbol(name)
     if name == "e":
         return sympy.E
     if name == "i":
@@ -954,7 +1182,80 @@ def _parse_command(name, tokens):
         inner = _parse_expression(tokens)
         tokens.expect("\\rfloor" if name == "lfloor" else "\\rceil")
         return sympy.floor(inner) if name == "lfloor" else sympy.ceiling(inner)
+    if name in ("sum", "prod"):
+        return _parse_big_operator(name, tokens)
+    if name == "begin":
+        return _parse_matrix(tokens)
     raise _ParseError(f"unsupported command \\{name}")
+
+
+def _parse_big_operator(name, tokens):
+    """\\sum_{k=1}^{10} k^2 and \\prod_{k=1}^{5} k: added (multiplied) out when both bounds are integers at most
+    MAX_EXPLICIT_TERMS apart; otherwise kept as an unevaluated sympy Sum/Product, which only equals the same
+    Sum/Product (compared structurally, never evaluated: \\sum_{k=1}^{10^9} must not hang the grader)."""
+    import sympy
+    tokens.expect("_")
+    tokens.expect("{")
+    kind, index_name = tokens.take()
+    if kind not in ("letter", "command"):
+        raise _ParseError("a sum needs an index variable")
+    index = sympy.Symbol(index_name.lstrip("\\"))
+    tokens.expect("=")
+    lower = _parse_expression(tokens)
+    tokens.expect("}")
+    tokens.expect("^")
+    upper = _parse_argument(tokens)
+    bound_before = set(tokens.indices)
+    tokens.indices.add(index.name)
+    if tokens.peek()[1] in ("(", "{", "["):
+        body = _parse_atom(tokens)
+    else:  # "\sum_{k=1}^{n} 2k" sums 2k; it stops at + and -
+        body = _parse_power(tokens)
+        while _starts_factor(tokens.peek()):
+            body = body * _parse_power(tokens)
+    tokens.indices = bound_before
+    if lower.is_Integer and upper.is_Integer and 0 <= upper - lower < MAX_EXPLICIT_TERMS:
+        terms = [body.subs(index, value) for value in range(int(lower), int(upper) + 1)]
+        return sympy.Add(*terms) if name == "sum" else sympy.Mul(*terms)
+    if lower.is_Integer and upper.is_Integer and upper < lower:
+        return sympy.Integer(0 if name == "sum" else 1)  # the empty sum and product
+    return (sympy.Sum if name == "sum" else sympy.Product)(body, (index, lower, upper))
+
+
+def _parse_matrix(tokens):
+    """\\begin{pmatrix} a & b \\\\ c & d \\end{pmatrix} (any matrix environment) as a sympy Matrix, so that
+    matrix arithmetic ("2\\begin{pmatrix}1\\\\2\\end{pmatrix}", sums, products) evaluates."""
+    import sympy
+    def environment():
+        tokens.expect("{")
+        letters = []
+        while tokens.peek()[1] not in ("}", ""):
+            letters.append(tokens.take()[1])
+        tokens.expect("}")
+        return "".join(letters)
+    name = environment()
+    if not name.endswith("matrix"):
+        raise _ParseError(f"unsupported environment {name}")
+    rows, row = [], []
+    while True:
+        row.append(_parse_expression(tokens))
+        if len(rows) * max(len(row), 1) + len(row) > MAX_MATRIX_CELLS:
+            raise _TooLarge("matrix too large")
+        separator = tokens.take()[1]
+        if separator == "&":
+            continue
+        if separator in ("\\\\", "\\end"):
+            rows.append(row)
+            row = []
+            if separator == "\\end" or tokens.peek()[1] == "\\end":
+                if separator == "\\\\":
+                    tokens.take()
+                break
+            continue
+        raise _ParseError(f"unexpected {separator!r} in a matrix")
+    if environment() != name or len({len(r) for r in rows}) != 1:
+        raise _ParseError("malformed matrix")
+    return sympy.ImmutableMatrix(rows)
 
 
 def _parse_function(name, tokens):
@@ -984,6 +1285,10 @@ def _parse_function(name, tokens):
 
 def _guarded_power(base, exponent):
     import sympy
+    if isinstance(base, sympy.MatrixBase) or isinstance(exponent, sympy.MatrixBase):
+        if isinstance(exponent, sympy.MatrixBase) or not (exponent.is_Integer and abs(exponent) <= 64):
+            raise _TooLarge("matrix power")
+        return base ** int(exponent)
     if base.is_Number and exponent.is_Number and base.is_finite and exponent.is_finite:
         trivial_base = base.is_Integer and abs(base) <= 1  # 1^{10^9} is just 1
         base_bits = max(math.log2(abs(base.p) or 1), math.log2(base.q)) if base.is_Rational else 64
@@ -1062,6 +1367,12 @@ def _expressions_equal(first, second):
     import sympy
     if first == second:
         return True
+    if isinstance(first, sympy.MatrixBase) or isinstance(second, sympy.MatrixBase):
+        return (isinstance(first, sympy.MatrixBase) and isinstance(second, sympy.MatrixBase)
+                and first.shape == second.shape
+                and all(_expressions_equal(a, b) for a, b in zip(list(first), list(second))))
+    if any(value.has(sympy.Sum, sympy.Product) for value in (first, second)):
+        return False  # an unbounded or huge sum: only the identical sum (first == second above) is equal
     if any(value.has(sympy.oo, -sympy.oo, sympy.zoo, sympy.nan) for value in (first, second)):
         return False  # infinities are only equal to themselves, checked just above
     difference = first - second

@@ -201,6 +201,125 @@ EQUIVALENCE_CASES = [
     (None, "5", False),
 ]
 
+# Answer forms that third-party grader suites and real responses use (each with negatives of its class).
+FORM_CASES = [
+    # Inequalities whose variable has a coefficient, a sign or an offset: solved for the variable
+    ("-x > -1", "x < 1", True),
+    ("2x > 2", "x > 1", True),
+    ("2x > 2", "(1,\\infty)", True),
+    ("-2x \\le 4", "x \\ge -2", True),
+    ("-2x \\leq 4", "[-2, \\infty)", True),
+    ("3x+1 \\geq 7", "x \\ge 2", True),
+    ("\\frac{1}{2}x < 3", "x<6", True),
+    ("x/2 < 1", "x < 2", True),
+    ("6 < 3x", "x > 2", True),
+    ("2 < 2x \\le 6", "(1, 3]", True),
+    ("-4 \\le -2x < 2", "(-1, 2]", True),
+    ("3x > 6", "x > 3", False),
+    ("-x > -1", "x > 1", False),     # dividing by -1 flips the relation
+    ("2x \\ge 2", "x > 1", False),   # strict and non-strict differ
+    ("2y > 2", "x > 1", False),      # another variable
+    # A value with its approximation; true equality chains (every link must hold)
+    ("\\frac{\\sqrt3}{3} \\approx 0.577", "\\frac{\\sqrt3}{3}", True),
+    ("\\frac{\\sqrt{3}}{3}\\approx 0.58", "\\frac{\\sqrt3}{3}", True),
+    ("\\sqrt2 \\sim 1.414", "\\sqrt{2}", True),
+    ("\\pi \\approx 3.14", "\\pi", True),
+    ("0.577", "\\frac{\\sqrt3}{3} \\approx 0.577", True),
+    ("\\frac{\\sqrt3}{3} \\approx 0.9", "\\frac{\\sqrt3}{3}", False),  # a false approximation
+    ("\\frac{\\sqrt3}{3} \\approx 0.578", "\\frac{\\sqrt3}{3}", False),  # a wrong rounding
+    ("x = 3 + 8 = 11", "11", True),
+    ("3+3=6", "6", True),
+    ("2 \\cdot 3 + 1 = 7 = \\frac{14}{2}", "7", True),
+    ("3 + 3 = 2", "2", False),
+    ("x = 2 + 2 = 5", "5", False),
+    ("x = 2 + 2 = 5", "4", False),
+    ("2+2=4=5", "4", False),         # every link, not just the first
+    # Mixed numbers written with a space in plain text
+    ("1 1/2", "3/2", True),
+    ("1 1/2", "\\frac{3}{2}", True),
+    ("2 3/4", "2.75", True),
+    ("-1 1/2", "-\\frac32", True),
+    ("1 1/2", "11/2", False),
+    ("1 1/2", "\\frac{11}{2}", False),
+    ("2 5/2", "25/2", False),        # not a proper fraction: never read as 25/2
+    # Sets ignore repeated elements; answer lists count them (a repeat is an extra answer)
+    ("\\{1,1,2\\}", "\\{1,2\\}", True),
+    ("\\{2,1\\}", "\\{1,2,2\\}", True),
+    ("\\{\\frac12, 0.5, 3\\}", "\\{3, \\frac{1}{2}\\}", True),
+    ("\\{\\{1\\},\\{1\\},\\{2\\}\\}", "\\{\\{2\\},\\{1\\}\\}", True),
+    ("\\{1,3\\}", "\\{1,1,2\\}", False),
+    ("\\{1,2,3\\}", "\\{1,2\\}", False),
+    ("1, 1, 2", "1, 2", False),
+    # Labelled quantities and assignments of tuples, in the prediction or the gold
+    ("(p,q)=(3,2)", "(3,2)", True),
+    ("(3,2)", "(p, q) = (3, 2)", True),
+    ("(p,q)=(2,3)", "(3,2)", False),
+    ("|AB| = 1", "1", True),
+    ("AB = 5", "5", True),
+    ("\\overline{AB} = 5", "5", True),
+    ("\\angle ABC = 30", "30^\\circ", True),
+    ("a+b=7", "7", True),
+    ("x_1 = 4", "4", True),
+    ("P(A) = \\frac12", "0.5", True),
+    ("f(2) = 9", "9", True),
+    ("m_{\\max} = n^2 - n - 1", "n^2-n-1", True),
+    ("|AB| = 2", "1", False),
+    ("2x = 6", "6", False),          # an equation with an unknown, not a label
+    ("2x = 6", "3", False),
+    ("x+y=1", "2x+2y=2", True),      # equations keep their own rule
+    ("x=5", "y=5", False),
+    # Percent written as a word (no x100 either way), "or" without spaces, 24-hour and seconds times
+    ("28 percent", "28", True),
+    ("28 pct", "28\\%", True),
+    ("28 per cent", "28", True),
+    ("28\\text{ percent}", "28", True),
+    ("28 percent", "0.28", False),
+    ("(11,7)or(7,11)", "(7,11), (11,7)", True),
+    ("3or5", "5 \\text{ or } 3", True),
+    ("(11,7)or(7,11)", "(11,7)", False),
+    ("\\text{for}", "f", False),
+    ("20:34", "8:34 p.m.", True),
+    ("20:34:00", "20:34", True),
+    ("8:34 PM", "20:34", True),
+    ("8:34pm", "20:34:00", True),
+    ("12:15 a.m.", "0:15", True),
+    ("12:00 p.m.", "12:00", True),
+    ("08:05", "8:05 a.m.", True),
+    ("8:34 a.m.", "20:34", False),
+    ("20:34:30", "20:34", False),
+    ("13:00 p.m.", "1:00 p.m.", False),  # not a time: left as written
+    # Sums, products and matrix arithmetic: evaluated when small, compared as written otherwise
+    ("\\sum_{k=1}^{10} k", "55", True),
+    ("\\sum_{k=1}^{4} k^2", "30", True),
+    ("\\prod_{k=1}^{5} k", "120", True),
+    ("\\sum_{i=0}^{3} 2^i", "15", True),
+    ("\\sum_{k=1}^{n} k", "\\sum_{k=1}^{n} k", True),
+    ("\\sum_{k=1}^{10} k", "56", False),
+    ("\\sum_{k=1}^{n} k", "\\frac{n(n+1)}{2}", False),  # not evaluated symbolically: compared as written
+    ("\\begin{pmatrix}1&2\\\\3&4\\end{pmatrix}+\\begin{pmatrix}1&0\\\\0&1\\end{pmatrix}",
+     "\\begin{pmatrix}2&2\\\\3&5\\end{pmatrix}", True),
+    ("2\\begin{pmatrix}1\\\\2\\end{pmatrix}", "\\begin{pmatrix}2\\\\4\\end{pmatrix}", True),
+    ("\\begin{pmatrix}1&1\\\\0&1\\end{pmatrix}^{3}", "\\begin{pmatrix}1&3\\\\0&1\\end{pmatrix}", True),
+    ("2\\begin{pmatrix}1\\\\2\\end{pmatrix}", "\\begin{pmatrix}2\\\\5\\end{pmatrix}", False),
+    ("\\begin{pmatrix}1&2\\end{pmatrix}+\\begin{pmatrix}1&0\\end{pmatrix}", "\\begin{pmatrix}2\\\\2\\end{pmatrix}", False),
+]
+
+
+@pytest.mark.parametrize("prediction, gold, expected", FORM_CASES, ids=[f"{p!r}~{g!r}" for p, g, _ in FORM_CASES])
+def test_answer_forms(prediction, gold, expected):
+    assert answers_match(prediction, gold) is expected
+    assert answers_match(gold, prediction) is expected  # every rule works both ways
+
+
+def test_huge_sums_and_products_never_hang_the_grader():
+    start = time.monotonic()
+    graded = grade_batch(["\\boxed{\\sum_{k=1}^{10^{9}} k}", "\\boxed{\\prod_{k=1}^{10^{12}} k}",
+                          "\\boxed{\\sum_{k=1}^{10^{100}} k^{k}}",
+                          "\\boxed{\\begin{pmatrix}2&1\\\\1&2\\end{pmatrix}^{1000000}}"],
+                         ["500000000500000000", "0", "1", "1"], timeout=LIMIT)
+    assert graded["correct"] == [False, False, False, False]
+    assert time.monotonic() - start < LIMIT + SLACK
+
 
 @pytest.mark.parametrize("prediction, gold, expected", EQUIVALENCE_CASES,
                          ids=[f"{p!r}~{g!r}" for p, g, _ in EQUIVALENCE_CASES])
