@@ -781,8 +781,11 @@ def _chain(text, use_sympy):
 
 
 def _has_unknowns(text):
-    """Letters other than e, i and command names: "3 + 8" has none, "2x" has."""
-    return bool(re.search(r"(?<![\\a-zA-Z])[a-df-hj-zA-Z]", re.sub(r"\\[a-zA-Z]+", " ", text)))
+    """Letters other than e, i, command names and the index of a sum: "3 + 8" and "\\sum_{k=1}^{10} k" have
+    none, "2x" has."""
+    indices = set(re.findall(r"\\(?:sum|prod)\s*_\s*\{\s*([a-zA-Z])\s*=", text))
+    letters = re.findall(r"(?<![\\a-zA-Z])[a-df-hj-zA-Z]", re.sub(r"\\[a-zA-Z]+", " ", text))
+    return any(letter not in indices for letter in letters)
 
 
 def _approximates(exact, approximation, use_sympy):

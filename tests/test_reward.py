@@ -295,6 +295,8 @@ FORM_CASES = [
     ("\\sum_{i=0}^{3} 2^i", "15", True),
     ("\\sum_{k=1}^{n} k", "\\sum_{k=1}^{n} k", True),
     ("\\sum_{k=1}^{10} k", "56", False),
+    ("\\sum_{k=1}^{10} k = 55", "55", True),
+    ("\\sum_{k=1}^{10} k = 56", "56", False),
     ("\\sum_{k=1}^{n} k", "\\frac{n(n+1)}{2}", False),  # not evaluated symbolically: compared as written
     ("\\begin{pmatrix}1&2\\\\3&4\\end{pmatrix}+\\begin{pmatrix}1&0\\\\0&1\\end{pmatrix}",
      "\\begin{pmatrix}2&2\\\\3&5\\end{pmatrix}", True),
