@@ -214,8 +214,11 @@ def _well_formatted(responses, timeout, num_workers):
 
 _UNICODE_SYMBOLS = (("\u2212", "-"), ("\u2013", "-"), ("\u03c0", "\\pi "), ("\u221e", "\\infty "),
                     ("\u221a", "\\sqrt"), ("\u00b0", "^\\circ"), ("\u2264", "\\le "), ("\u2265", "\\ge "),
-                    ("\u00d7", "\\times "), ("\u00b7", "\\cdot "), ("\u00f7", "\\div "), ("\u2260", "\\neq "))
-_CLOCK_TIME = re.compile(r"(\d{1,2}:\d{2})\s*(\\(?:text|mbox|mathrm)\s*\{\s*)?([aApP])\.?\s*[mM]\.?(?(2)\s*\})")
+                    ("\u00d7", "\\times "), ("\u00b7", "\\cdot "), ("\u00f7", "\\div "), ("\u2260", "\\neq "),
+                    ("\u2248", "\\approx "))
+_CLOCK_TIME = re.compile(r"(?<![\d:.])(\d{1,2}):(\d{2})(?::(\d{2}))?(?![\d:])"
+                         r"(?:\s*(\\(?:text|mbox|mathrm)\s*\{\s*)?([aApP])\.?\s*[mM]\.?(?(4)\s*\}))?")
+_MIXED_NUMBER_WITH_SPACE = re.compile(r"(?<![\d.])([+-]?)(\d+)\s+(\d+)\s*/\s*(\d+)(?![\d.])")
 _DISPLAY_DELIMITERS = re.compile(r"(?<!\\)\\[()\[\]]")  # \( \) \[ \], but not a row break "\\" before "["
 _TEXT_WRAPPER = re.compile(r"\\(?:text(?:bf|it|rm|normal|sf|tt)?|math(?:rm|bf|it|sf|tt|normal)|mbox|hbox"
                            r"|boxed|fbox|framebox|operatorname\*?|boldsymbol|bm|emph)\s*\{")
@@ -227,14 +230,14 @@ _SIZING_COMMANDS = re.compile(r"\\(?:left|right|[bB]igg?[lr]?|displaystyle|texts
 _THIN_SPACES = re.compile(r"\s*(?<!\\)\\[,!;:]\s*")
 _WIDE_SPACES = re.compile(r"\\q?quad(?![a-zA-Z])|~|(?<!\\)\\ ")
 _DEGREES = re.compile(r"\^\s*\{?\s*\\circ\s*\}?|\\circ(?![a-zA-Z])|\\degree(?![a-zA-Z])")
-_PERCENT = re.compile(r"\\?%")
+_PERCENT = re.compile(r"\\?%|(?<=[\d}.])\s*(?:percent|per\s?cent|pct)(?![a-zA-Z])\.?", re.IGNORECASE)
 _RELATION_SPELLINGS = (
     (re.compile(r"\\leqslant|\\leq(?![a-zA-Z])|\\le(?![a-zA-Z])|<="), r"\\le "),
     (re.compile(r"\\geqslant|\\geq(?![a-zA-Z])|\\ge(?![a-zA-Z])|>="), r"\\ge "),
     (re.compile(r"\\lt(?![a-zA-Z])"), "<"),
     (re.compile(r"\\gt(?![a-zA-Z])"), ">"),
     (re.compile(r"\\neq(?![a-zA-Z])|\\ne(?![a-zA-Z])|!="), r"\\neq "),
-    (re.compile(r"\\approx(?![a-zA-Z])"), "="),
+    (re.compile(r"\\approx(?![a-zA-Z])|\\sim(?:eq)?(?![a-zA-Z])(?=\s*[-+]?[\d.])"), r"\\approx "),
 )
 _INFINITY_SPELLINGS = re.compile(r"\\infinity|\\inf(?![a-zA-Z])|(?<!\\)\binfinity\b", re.IGNORECASE)
 _EMPTY_SET = re.compile(r"\\varnothing|\\\{\s*\\\}")
@@ -272,6 +275,24 @@ def _unwrap_text_commands(text):
     return "".join(output)
 
 
+def _clock_time_24_hours(match):
+    """ "8:34 p.m." -> "20:34", "20:34:00" -> "20:34", "12:05 am" -> "0:05"; other text is kept."""
+    hours, minutes, seconds, suffix = int(match.group(1)), int(match.group(2)), match.group(3), match.group(5)
+    if minutes > 59 or (seconds and int(seconds) > 59) or hours > (12 if suffix else 23) or (suffix and not hours):
+        return match.group()
+    if suffix:
+        hours = hours % 12 + (12 if suffix.lower() == "p" else 0)
+    return f"{hours}:{minutes:02d}" + (f":{seconds}" if seconds and seconds != "00" else "") + " "
+
+
+def _mixed_number_with_space(match):
+    """ "1 1/2" -> "1\\frac{1}{2}" (3/2, never 11/2); "1 3/2" is no number and stays unreadable."""
+    sign, whole, numerator, denominator = match.groups()
+    if 0 < int(numerator) < int(denominator):
+        return f"{sign}{whole}\\frac{{{numerator}}}{{{denominator}}}"
+    return f"{sign}{whole}\x01{numerator}/{denominator}"
+
+
 def _strip_trailing_text_unit(text):
     """ "5.4 \\text{ cents}" -> "5.4": a trailing text word after something number-like is a unit."""
     match = _TRAILING_TEXT.search(text)
@@ -287,7 +308,7 @@ def _clean(answer):
     text = str(answer)
     for symbol, latex in _UNICODE_SYMBOLS:
         text = text.replace(symbol, latex)
-    text = _CLOCK_TIME.sub(lambda match: match.group(1) + " " + match.group(3).lower() + "m", text)
+    text = _CLOCK_TIME.sub(_clock_time_24_hours, text)
     text = _DISPLAY_DELIMITERS.sub(" ", text.replace("\n", " "))
     text = text.replace("\\$", " ").replace("$", " ")  # currency, then math delimiters
     text = _strip_trailing_text_unit(text)  # before unwrapping, while units are still marked as text
@@ -307,6 +328,7 @@ def _clean(answer):
     text = _REAL_LINE.sub(r"(-\\infty,\\infty)", text)
     text = _TRAILING_UNIT_WORD.sub("", text.strip())
     text = text.strip().rstrip(".").strip()
+    text = _MIXED_NUMBER_WITH_SPACE.sub(_mixed_number_with_space, text)
     text = _MEMBERSHIP_PREFIX.sub("", text)
     if _THOUSANDS.fullmatch(text):
         text = text.replace(",", "")
@@ -432,10 +454,18 @@ def _numbers_equal(first, second):
 #   ("matrix", [[items], ...])
 
 _WORD_SEPARATOR = re.compile(r"\s+(?:or|and)\s+")
+_GLUED_WORD_SEPARATOR = re.compile(r"(?:or|and)(?![a-zA-Z])")  # "(11,7)or(7,11)", after a non-letter
 _MATRIX = re.compile(r"\\begin\{([pbBvV]?matrix|smallmatrix|array)\}(?:\{[^{}]*\})?(.*)\\end\{\1\}", re.DOTALL)
 _VARIABLE = re.compile(r"(?:[a-zA-Z]|\\(?:alpha|beta|gamma|theta|lambda|mu|phi|omega|tau|sigma|rho))"
                        r"(?:_\{?[a-zA-Z0-9]+\}?)?")
-_STRUCTURE_ASSIGNMENT = re.compile(r"[a-zA-Z](?:_\{?\w+\}?)?\s*=\s*([^=]+)")
+# A label names the quantity an answer is about: "x", "x_1", "m_{\max}", "f(x)", "P(A)", "AB", "|AB|",
+# "\angle ABC", "\overline{AB}". "(p,q)" labels a tuple. "a+b" is no label: it is an expression.
+_NAME = (r"(?:[a-zA-Z]|\\(?:alpha|beta|gamma|delta|epsilon|varepsilon|theta|lambda|mu|nu|xi|rho|sigma|tau|phi"
+         r"|varphi|chi|psi|omega|Delta|Omega))(?:_(?:\{[^{}=]*\}|[a-zA-Z0-9]))?(?:'|\^\{?\\prime\}?)*")
+_LABEL = (r"(?:" + _NAME + r"(?:\([^()=]*\))?|\|[^|=]+\||[A-Z]{2,4}|\\overline\{[A-Z]+\}"
+          r"|(?:m\s*)?\\angle\s*[A-Z][A-Z_{}0-9]*)")
+_TUPLE_LABEL = r"\(\s*" + _NAME + r"(?:\s*,\s*" + _NAME + r")+\s*\)"
+_STRUCTURE_ASSIGNMENT = re.compile(r"(?:" + _LABEL + "|" + _TUPLE_LABEL + r")\s*=\s*([^=]+)")
 _INEQUALITY = re.compile(r"(\\le(?![a-zA-Z])|\\ge(?![a-zA-Z])|<|>)")
 _LOWER_THAN = {"<": ")", "\\le": "]"}  # x < a  ->  (-inf, a)
 _GREATER_THAN = {">": "(", "\\ge": "["}  # x > a  ->  (a, inf)
@@ -470,6 +500,9 @@ def _split_top_level(text):
                 cut = (position + 4, "cup")
             elif char.isspace():
                 word = _WORD_SEPARATOR.match(text, position)
+                cut = (word.end(), "word") if word else None
+            elif char in "oa" and position and not (text[position - 1].isalpha() or text[position - 1] == "\\"):
+                word = _GLUED_WORD_SEPARATOR.match(text, position)
                 cut = (word.end(), "word") if word else None
         if cut:
             parts.append(text[start:position])
@@ -584,7 +617,7 @@ def _parse_structure(text, depth=0):
 
 #### Comparison: the same code runs in the calling process (use_sympy=False) and in the workers
 
-_ASSIGNMENT = re.compile(r"((?:[a-zA-Z]|\\[a-zA-Z]+)(?:_\{?[a-zA-Z0-9]+\}?)?(?:\([a-zA-Z]\))?)=([^=]+)")
+_ASSIGNMENT = re.compile(r"(" + _LABEL + r")=([^=]+)")
 _CHOICE_LETTER = re.compile(r"\(?([A-E])\)?|\(([A-E])\)(?!.*\([A-E]\)).+")  # "(C) 25", but not "(A)(B)"
 _WORDS = re.compile(r"[a-zA-Z]{2,}")
 
@@ -627,10 +660,13 @@ def _structures_equal(first, second, use_sympy):
             return False
         return all(_structures_equal(a, b, use_sympy) for a, b in zip(first[3], second[3]))
     if first[0] == "unordered" and second[0] == "unordered":
-        if len(first[2]) != len(second[2]):
+        first_items, second_items = first[2], second[2]
+        if first[1] != "list" or second[1] != "list":  # a set is its distinct elements: {1,1,2} is {1,2}
+            first_items, second_items = _distinct(first_items, use_sympy), _distinct(second_items, use_sympy)
+        if len(first_items) != len(second_items):
             return False
-        unmatched = list(second[2])
-        for item in first[2]:  # every answer must be matched by a different answer on the other side
+        unmatched = list(second_items)
+        for item in first_items:  # every answer must be matched by a different answer on the other side
             match = next((other for other in unmatched if _structures_equal(item, other, use_sympy)), None)
             if match is None:
                 return False
@@ -642,6 +678,85 @@ def _structures_equal(first, second, use_sympy):
         return all(_structures_equal(a, b, use_sympy)
                    for row_a, row_b in zip(first[1], second[1]) for a, b in zip(row_a, row_b))
     return False
+
+
+def _distinct(items, use_sympy):
+    """The items without repeats (equal by our rules: "\\{1, 1.0, 2\\}" has two elements)."""
+    distinct = []
+    for item in items:
+        if not any(_structures_equal(item, other, use_sympy) for other in distinct):
+            distinct.append(item)
+    return distinct
+
+
+
+
+def _split_chain(leaf):
+    """ "x=3+8=11" -> (["x", "3+8", "11"], ["=", "="]): cut at "=" and \\approx outside brackets."""
+    members, relations, depth, start = [], [], 0, 0
+    for match in re.finditer(r"[([{]|[)\]}]|=|\\approx ?", leaf):
+        token = match.group()
+        if token in "([{":
+            depth += 1
+        elif token in ")]}":
+            depth -= 1
+        elif depth == 0:
+            members.append(leaf[start:match.start()])
+            relations.append(token.strip())
+            start = match.end()
+    members.append(leaf[start:])
+    return members, relations
+
+
+def _is_constant(text):
+    """No variable letters once LaTeX commands are removed: "3+\\frac{8}{2}" is, "a+b" is not."""
+    return not re.search(r"[a-zA-Z]", re.sub(r"\\[a-zA-Z]+", "", text))
+
+
+def _approximates(value, approximation, use_sympy):
+    """Whether the number `approximation` is `value` correctly rounded at its own last written digit."""
+    number = _parse_number(approximation)
+    if number is None or abs(number.value) == float("inf"):
+        return False
+    half_step = (number.resolution or Fraction(1)) / 2
+    exact = _parse_number(value)
+    if exact is not None and exact.resolution is None and abs(exact.value) != float("inf"):
+        return abs(exact.value - number.value) <= half_step
+    if not use_sympy:
+        raise _NeedsSympy
+    import sympy
+    evaluated = _evaluate(_latex_to_sympy(value), {}, _NUMERIC_DIGITS)
+    if evaluated is None or abs(sympy.im(evaluated)) > 0:
+        return False
+    return abs(sympy.re(evaluated) - sympy.Rational(number.value.numerator, number.value.denominator)) <= \
+        sympy.Rational(half_step.numerator, half_step.denominator)
+
+
+def _reduce_chain(leaf, use_sympy):
+    """A chain of equalities and approximations, reduced to the answer it states, or False when one of
+    its links is false. "x=3+8=11" -> "x=11"; "\\frac{\\sqrt3}{3}\\approx0.577" -> "\\frac{\\sqrt3}{3}" (the
+    exact value before the first approximation); "3+3=2" -> False. Other leaves come back unchanged."""
+    members, relations = _split_chain(leaf)
+    label = None
+    if len(members) > 1 and _ASSIGNMENT.fullmatch(members[0] + "=" + members[1].replace("=", "")):
+        label, members, relations = members[0], members[1:], relations[1:]
+    if label is not None and not relations:
+        return label + "=" + members[0]  # "x=5", or "x\\approx0.577": the value it states
+    if not relations or not all(members):
+        return leaf
+    if label is None and relations == ["="] and not all(map(_is_constant, members)):
+        return leaf  # an equation such as "x+y=1", not a chain
+    value = None
+    for index, relation in enumerate(relations):
+        if relation == "=":
+            holds = _leaves_equal(members[index], members[index + 1], use_sympy)
+        else:
+            holds = _approximates(members[index], members[index + 1], use_sympy)
+            value = members[index] if value is None else value
+        if not holds:
+            return False
+    value = members[-1] if value is None else value
+    return value if label is None else label + "=" + value
 
 
 def _choice_letter(leaf):
@@ -661,6 +776,12 @@ def _leaves_equal(first, second, use_sympy):
         return True
     if not first or not second:
         return False
+    if "=" in first + second or "\\approx" in first + second:
+        first, second = _reduce_chain(first, use_sympy), _reduce_chain(second, use_sympy)
+        if first is False or second is False:
+            return False
+        if first == second:
+            return True
     for one, other in ((first, second), (second, first)):  # multiple choice: the other side is "B"
         if re.fullmatch(r"[A-E]", other) and _choice_letter(one):
             return _choice_letter(one) == other
