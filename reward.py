@@ -528,29 +528,78 @@ def _closes_at_end(text, open_position):
     return False
 
 
+_LINEAR_SIDE = re.compile(r"([+-]?)(\d+(?:\.\d+)?|\\frac\{\d+\}\{\d+\}|\\frac\d\d)?(?:\\cdot|\*)?"
+                          r"(" + _VARIABLE.pattern + r")(?:/(\d+))?(?:([+-])(\d+(?:\.\d+)?))?")
+_MIRROR = {"(": ")", "[": "]", ")": "(", "]": "["}
+
+
+def _linear_side(text):
+    """(variable, a, b) when text is a*variable + b with rational a != 0, b: "-x", "2x", "3x-1", "x/2"."""
+    if _VARIABLE.fullmatch(text):
+        return text, Fraction(1), Fraction(0)
+    match = _LINEAR_SIDE.fullmatch(text)
+    if not match:
+        return None
+    sign, coefficient, variable, divisor, constant_sign, constant = match.groups()
+    scale = _parse_number(coefficient).value if coefficient else Fraction(1)
+    scale = (-scale if sign == "-" else scale) / (int(divisor) if divisor else 1)
+    offset = Fraction(constant or 0) * (-1 if constant_sign == "-" else 1)
+    return (variable, scale, offset) if scale else None
+
+
+def _solved_bound(bound, scale, offset):
+    """(bound - offset) / scale as answer text: exact for numbers, else a \\frac for sympy to read."""
+    if scale == 1 and offset == 0:
+        return bound
+    if bound in ("\\infty", "-\\infty"):
+        return bound if scale > 0 else ("-\\infty" if bound == "\\infty" else "\\infty")
+    number = _parse_number(bound)
+    if number is not None and abs(number.value) != float("inf"):
+        value = (number.value - offset) / scale
+        return str(value.numerator) if value.denominator == 1 else f"{value.numerator}/{value.denominator}"
+    return f"\\frac{{({bound})-({_fraction_text(offset)})}}{{{_fraction_text(scale)}}}"
+
+
+def _fraction_text(value):
+    return str(value.numerator) if value.denominator == 1 else f"\\frac{{{value.numerator}}}{{{value.denominator}}}"
+
+
+def _interval_in_variable(opening, low, high, closing, linear):
+    """The interval for a*x + b, turned into the interval for x (a < 0 turns it around)."""
+    variable, scale, offset = linear
+    low, high = _solved_bound(low, scale, offset), _solved_bound(high, scale, offset)
+    if scale < 0:
+        opening, low, high, closing = _MIRROR[closing], high, low, _MIRROR[opening]
+    return ("ordered", opening, closing, [("leaf", low), ("leaf", high)], variable)
+
+
 def _inequality_as_interval(leaf):
-    """ "x\\ge5" -> ("ordered", "[", ")", [5, \\infty], "x"); None when the leaf is not such an inequality."""
+    """ "x\\ge5" -> ("ordered", "[", ")", [5, \\infty], "x"); "-2x>-4" is "x<2"; None when the leaf is not
+    such an inequality in one variable."""
     parts = [part.strip() for part in _INEQUALITY.split(leaf)]
     if len(parts) == 3:
         left, relation, right = parts
-        if _VARIABLE.fullmatch(left) and right:
-            variable, bound = left, right
-        elif _VARIABLE.fullmatch(right) and left:  # "5 < x" is "x > 5"
-            variable, bound = right, left
-            relation = {"<": ">", ">": "<", "\\le": "\\ge", "\\ge": "\\le"}[relation]
+        linear = _linear_side(left) if right else None
+        if linear:
+            bound = right
         else:
-            return None
+            linear = _linear_side(right) if left else None
+            if not linear:
+                return None
+            bound = left
+            relation = {"<": ">", ">": "<", "\\le": "\\ge", "\\ge": "\\le"}[relation]  # "5 < x" is "x > 5"
         if relation in _LOWER_THAN:
-            return ("ordered", "(", _LOWER_THAN[relation], [("leaf", "-\\infty"), ("leaf", bound)], variable)
-        return ("ordered", _GREATER_THAN[relation], ")", [("leaf", bound), ("leaf", "\\infty")], variable)
-    if len(parts) == 5 and _VARIABLE.fullmatch(parts[2]) and parts[0] and parts[4]:
-        low, first, variable, second, high = parts
+            return _interval_in_variable("(", "-\\infty", bound, _LOWER_THAN[relation], linear)
+        return _interval_in_variable(_GREATER_THAN[relation], bound, "\\infty", ")", linear)
+    linear = _linear_side(parts[2]) if len(parts) == 5 else None
+    if linear and parts[0] and parts[4]:
+        low, first, _, second, high = parts
         if first in _LOWER_THAN and second in _LOWER_THAN:  # "1 < x <= 3"
             opening = "(" if first == "<" else "["
-            return ("ordered", opening, _LOWER_THAN[second], [("leaf", low), ("leaf", high)], variable)
+            return _interval_in_variable(opening, low, high, _LOWER_THAN[second], linear)
         if first in _GREATER_THAN and second in _GREATER_THAN:  # "3 >= x > 1"
             closing = ")" if first == ">" else "]"
-            return ("ordered", _GREATER_THAN[second], closing, [("leaf", high), ("leaf", low)], variable)
+            return _interval_in_variable(_GREATER_THAN[second], high, low, closing, linear)
     return None
 
 
