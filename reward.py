@@ -111,6 +111,9 @@ MAX_NESTING_DEPTH = 50  # brackets and braces; deeper input is hostile, and recu
 MAX_POWER_BITS = 100_000  # 2^{100000} is fine, 9^{9^{9}} (1.2 billion bits) is not
 MAX_SYMBOLIC_EXPONENT = 10_000  # (x+1)^{10^6} would take sympy forever to expand
 MAX_FACTORIAL = 1000
+MAX_SERIES_TERMS = 1000  # \sum and \prod with at most this many terms (all nested ones together) are evaluated
+MAX_MATRIX_ENTRIES = 100  # matrix arithmetic on matrices up to 10x10
+MAX_MATRIX_POWER = 64
 MAX_BOXES_CHECKED = 20  # for the format check; more boxes than this is not a well-formatted answer
 DEFAULT_TIMEOUT_SECONDS = 5.0  # per comparison that needs sympy; most take a few milliseconds
 WORKER_START_TIMEOUT_SECONDS = 60.0
@@ -634,7 +637,7 @@ def _parse_structure(text, depth=0):
         raise _TooLarge("answer nested too deeply")
     text = text.strip().rstrip(".").strip()
     matrix = _MATRIX.fullmatch(text)
-    if matrix:
+    if matrix and "\\begin{" not in matrix.group(2) and "\\end{" not in matrix.group(2):  # one matrix
         rows = [row for row in re.split(r"\\\\", matrix.group(2)) if row.strip()]
         return ("matrix", [[_parse_structure(cell, depth + 1) for cell in row.split("&")] for row in rows])
     parts, separators = _split_top_level(text)
@@ -721,6 +724,12 @@ def _structures_equal(first, second, use_sympy):
                 return False
             unmatched.remove(match)
         return True
+    if {first[0], second[0]} == {"matrix", "leaf"}:  # "\\begin{pmatrix}1\\\\2\\end{pmatrix}" against "2A" or a product
+        matrix, leaf = (first, second) if first[0] == "matrix" else (second, first)
+        if "\\begin{" not in leaf[1] or any(cell[0] != "leaf" for row in matrix[1] for cell in row):
+            return False
+        rows = "\\\\".join("&".join(cell[1] for cell in row) for row in matrix[1])
+        return _leaves_equal("\\begin{pmatrix}" + rows + "\\end{pmatrix}", leaf[1], use_sympy)
     if first[0] == "matrix" and second[0] == "matrix":
         if [len(row) for row in first[1]] != [len(row) for row in second[1]]:
             return False
@@ -755,6 +764,11 @@ def _split_chain(leaf):
             start = match.end()
     members.append(leaf[start:])
     return members, relations
+
+
+def _is_equation(leaf):
+    """An "=" outside brackets: "x+y=1" is an equation, "\\sum_{k=1}^{n} k" is not."""
+    return "=" in _split_chain(leaf)[1]
 
 
 def _is_constant(text):
@@ -842,11 +856,12 @@ def _leaves_equal(first, second, use_sympy):
     first_assignment, second_assignment = _split_assignment(first), _split_assignment(second)
     if first_assignment and second_assignment and first_assignment[0] == second_assignment[0]:
         return _leaves_equal(_canonical(first_assignment[1]), _canonical(second_assignment[1]), use_sympy)
-    if first_assignment and "=" not in second:  # "x=5" == "5"
+    first_equation, second_equation = _is_equation(first), _is_equation(second)
+    if first_assignment and not second_equation:  # "x=5" == "5"
         return _leaves_equal(_canonical(first_assignment[1]), second, use_sympy)
-    if second_assignment and "=" not in first:
+    if second_assignment and not first_equation:
         return _leaves_equal(first, _canonical(second_assignment[1]), use_sympy)
-    if ("=" in first) != ("=" in second):
+    if first_equation != second_equation:
         return False
     if (_WORDS.fullmatch(first) and second_number) or (_WORDS.fullmatch(second) and first_number):
         return False
@@ -885,7 +900,8 @@ _RELATIONS = {"=": "=", "<": "<", ">": ">", "\\le": "\\le", "\\ge": "\\ge", "\\n
 _MULTIPLY = {"*", "\\cdot", "\\times"}
 _DIVIDE = {"/", "\\div"}
 _CLOSING = {"(": ")", "[": "]", "{": "}"}
-_ATOM_COMMANDS = {"\\frac", "\\sqrt", "\\binom", "\\pi", "\\infty", "\\lfloor", "\\lceil", "\\imath"}
+_ATOM_COMMANDS = {"\\frac", "\\sqrt", "\\binom", "\\pi", "\\infty", "\\lfloor", "\\lceil", "\\imath", "\\sum",
+                  "\\prod", "\\begin"}
 _SIMPLE_ATOM_COMMANDS = {"\\pi"} | {"\\" + name for name in _GREEK}
 _MIXED_NUMBER_IN_TEXT = re.compile(r"(?<![\w.}^_])(\d+)\\frac(?:\{(\d+)\}|(\d))(?:\{(\d+)\}|(\d))")
 
@@ -898,6 +914,8 @@ class _Tokens:
                        if match.lastgroup != "space"]
         self.position = 0
         self.depth = 0
+        self.bindings = {}  # index of a \sum or \prod being evaluated -> its current value
+        self.series_terms = 0
 
     def peek(self):
         return self.tokens[self.position] if self.position < len(self.tokens) else ("end", "")
@@ -1060,6 +1078,8 @@ def _parse_symbol(name, tokens):
         else:
             subscript = [tokens.take_single_character()[1]]
         return sympy.Symbol(name + "_" + "".join(subscript))
+    if name in tokens.bindings:
+        return tokens.bindings[name]
     if name == "e":
         return sympy.E
     if name == "i":
@@ -1110,6 +1130,10 @@ def _parse_command(name, tokens):
         if (n.is_Number and abs(n) > 10 * MAX_FACTORIAL) or (k.is_Number and abs(k) > 10 * MAX_FACTORIAL):
             raise _TooLarge("binomial too large")
         return sympy.binomial(n, k)
+    if name in ("sum", "prod"):
+        return _parse_series(name, tokens)
+    if name == "begin":
+        return _parse_matrix(tokens)
     if name == "pi":
         return sympy.pi
     if name == "infty":
@@ -1125,6 +1149,90 @@ def _parse_command(name, tokens):
         tokens.expect("\\rfloor" if name == "lfloor" else "\\rceil")
         return sympy.floor(inner) if name == "lfloor" else sympy.ceiling(inner)
     raise _ParseError(f"unsupported command \\{name}")
+
+
+def _parse_series(name, tokens):
+    """\\sum_{k=1}^{n} body and \\prod: evaluated term by term when the bounds are integers and there are
+    at most MAX_SERIES_TERMS terms (the body is parsed again for each value, so the size guards see
+    numbers); otherwise kept unevaluated, as Sum(body, low, high) with a canonical index, so that it
+    equals only the same series."""
+    import sympy
+    low = high = None
+    while tokens.peek()[1] in ("_", "^"):
+        if tokens.take()[1] == "^":
+            high = _parse_argument(tokens)
+            continue
+        tokens.expect("{")
+        kind, index = tokens.take()
+        if kind not in ("letter", "command"):
+            raise _ParseError("a series needs an index")
+        index = index.lstrip("\\")
+        tokens.expect("=")
+        low = _parse_expression(tokens)
+        tokens.expect("}")
+    if low is None or high is None:
+        raise _ParseError("a series needs both bounds")
+    start, saved = tokens.position, list(tokens.tokens)
+    symbolic = _parse_term(tokens)  # the body: up to the next + or - outside brackets
+    end = tokens.position
+    count = high - low + 1 if low.is_Integer and high.is_Integer else None
+    if count is None or tokens.series_terms + max(count, 0) > MAX_SERIES_TERMS:
+        dummy = sympy.Symbol("_series_index")
+        return sympy.Function("Sum" if name == "sum" else "Product")(
+            symbolic.subs(sympy.Symbol(index), dummy), low, high)
+    tokens.series_terms += max(count, 0)
+    value, outer = sympy.Integer(0 if name == "sum" else 1), tokens.bindings.get(index)
+    for term_index in range(int(low), int(high) + 1):
+        tokens.tokens[start:end] = saved[start:end]  # single-character arguments split tokens in place
+        tokens.position = start
+        tokens.bindings[index] = sympy.Integer(term_index)
+        term = _parse_term(tokens)
+        value = value + term if name == "sum" else value * term
+        if value.is_Rational and max(abs(value.p), value.q).bit_length() > MAX_POWER_BITS:
+            raise _TooLarge("series too large")
+    tokens.bindings.pop(index)
+    if outer is not None:
+        tokens.bindings[index] = outer
+    tokens.position = end
+    return value
+
+
+def _parse_matrix(tokens):
+    """\\begin{pmatrix} a & b \\\\ c & d \\end{pmatrix} (any matrix environment) as a sympy matrix, for
+    matrix arithmetic: "2\\begin{pmatrix}1\\\\2\\end{pmatrix}", products, sums, small integer powers."""
+    import sympy
+    tokens.expect("{")
+    environment = []
+    while tokens.peek()[1] not in ("}", ""):
+        environment.append(tokens.take()[1])
+    tokens.expect("}")
+    environment = "".join(environment)
+    if tokens.peek()[1] == "{" and environment == "array":  # column layout such as {cc}
+        while tokens.take()[1] not in ("}", ""):
+            pass
+    rows, row = [], []
+    while True:
+        row.append(_parse_expression(tokens))
+        separator = tokens.take()[1]
+        if separator == "&":
+            continue
+        if separator in ("\\\\", "\\end"):
+            rows.append(row)
+            row = []
+            if separator == "\\\\" and tokens.peek()[1] == "\\end":
+                tokens.take()
+                separator = "\\end"
+            if separator == "\\end":
+                break
+            continue
+        raise _ParseError(f"unexpected {separator!r} in a matrix")
+    tokens.expect("{")
+    while tokens.peek()[1] not in ("}", ""):
+        tokens.take()
+    tokens.expect("}")
+    if len({len(cells) for cells in rows}) != 1 or len(rows) * len(rows[0]) > MAX_MATRIX_ENTRIES:
+        raise _TooLarge("matrix too large or ragged")
+    return sympy.ImmutableMatrix(rows)
 
 
 def _parse_function(name, tokens):
@@ -1154,6 +1262,12 @@ def _parse_function(name, tokens):
 
 def _guarded_power(base, exponent):
     import sympy
+    if isinstance(base, sympy.MatrixBase):  # A^T, A^{-1}, A^3 on small matrices
+        if exponent == sympy.Symbol("T"):
+            return base.T
+        if not exponent.is_Integer or abs(exponent) > MAX_MATRIX_POWER:
+            raise _TooLarge("matrix power too large")
+        return base ** int(exponent)
     if base.is_Number and exponent.is_Number and base.is_finite and exponent.is_finite:
         trivial_base = base.is_Integer and abs(base) <= 1  # 1^{10^9} is just 1
         base_bits = max(math.log2(abs(base.p) or 1), math.log2(base.q)) if base.is_Rational else 64
@@ -1206,7 +1320,12 @@ def _close(first, second):
 
 
 def _sympy_leaves_equal(first, second):
+    import sympy
     first_value, second_value = _latex_to_sympy(first), _latex_to_sympy(second)
+    first_matrix, second_matrix = (isinstance(value, sympy.MatrixBase) for value in (first_value, second_value))
+    if first_matrix or second_matrix:
+        return (first_matrix and second_matrix and first_value.shape == second_value.shape
+                and all(_expressions_equal(a, b) for a, b in zip(first_value, second_value)))
     first_relation, second_relation = isinstance(first_value, tuple), isinstance(second_value, tuple)
     if first_relation or second_relation:
         return first_relation and second_relation and _relations_equal(first_value, second_value)
