@@ -26,14 +26,18 @@ Normalization (string level; then equal strings are equal answers)
     letter is never taken for a unit: "\\frac{37}{4} m" keeps its m.
   - Degrees, percent and dollar signs are dropped, with NO rescaling: "90^\\circ" == "90",
     "10\\%" == "10", "\\$18.90" == "18.90"; but "10\\%" != "0.1" and "90^\\circ" != "\\frac{\\pi}{2}".
+    Percent as a word is the sign: "28 percent" == "28 pct" == "28\\%" == "28" (and still != "0.28").
   - Thousands separators only in a well-formed whole number: "10,\\!080" == "10080"; "3,2" is a list.
   - Clock times: "4:30 \\text{ p.m.}" == "\\text{4:30 PM}" == "4:30pm"; "4:30 a.m." != "4:30 p.m.".
+    A time without a.m./p.m. is on the 24-hour clock, and zero seconds may be written or not:
+    "20:34" == "8:34 p.m." == "20:34:00"; "12:05 a.m." == "0:05"; "20:34:05" != "20:34".
+  - Mixed numbers with a space: "1 1/2" == "3/2" (never 11/2); "1 3/2" is no number at all.
   - A base subscript is dropped: "52_8" == "52". "x \\in [2,5)" is "[2,5)"; "\\mathbb{R}" is
     "(-\\infty,\\infty)"; "infinity" and "\\inf" are "\\infty"; "\\le", "\\leq" and "<=" are the same.
 
 Equivalence
   1. Numbers are exact rationals: integers, decimals, \\frac{a}{b}, a/b, mixed numbers
-     (1\\frac{4}{5} == 9/5), scientific notation (4.5e33 == 4.5\\times10^{33}). "0.5" == "\\frac12";
+     (1\\frac{4}{5} == 9/5, "1 1/2" == 3/2), scientific notation (4.5e33 == 4.5\\times10^{33}). "0.5" == "\\frac12";
      "5" != "500"; "0.5" != "50". No x100 or /100 leniency anywhere.
      Tolerance rule for decimals: a number written with a decimal point stands for every value it is a
      correct rounding of, provided it has at least 3 significant digits: "0.333" == "\\frac13",
@@ -52,13 +56,34 @@ Equivalence
      Parentheses around a single answer are grouping: "(113)" == "113".
   4. Sets, multi-answer lists and interval unions are unordered, and every answer is required, with no
      extras: "3, 2" == "2, 3", "\\{1,2\\}" == "\\{2,1\\}", "3 \\text{ or } 5" != "3", "3, 5" != "3, 5, 7".
+     "or" and "and" separate answers with or without spaces: "(11,7)or(7,11)" == "(7,11), (11,7)".
+     Repeats: a set (and an interval union, and the answers of \\pm) is its distinct elements,
+     "\\{1,1,2\\}" == "\\{1,2\\}"; a bare answer list keeps its repeats, since they can be meant (a double
+     root, the sides of an isosceles triangle): "1, 1, 2" != "1, 2". A list against a set is a set.
   5. \\pm gives both answers: "1 \\pm \\sqrt{2}" == "1+\\sqrt2, 1-\\sqrt2".
   6. Equations: an assignment to one variable compares its right side: "x=5" == "5",
      "y = 2x+3" == "2x+3", "f(x)=2x" == "2x"; but "x=5" != "y=5". Other equations are equal when one is
      a nonzero multiple of the other: "x+y=1" == "2x+2y=2".
-  7. Inequalities in one variable are intervals: "x \\ge 5" == "[5, \\infty)", "1 < x \\le 3" == "(1,3]".
+     A label may name any single quantity: "x_1 = 4", "m_{\\max} = 3", "P(A) = \\frac13", "|AB| = 1",
+     "AB = 1", "\\angle ABC = 90" all equal their value, and "(p,q)=(3,2)" == "(3,2)". An expression on the
+     left is no label: "a+b=7" is an equation, equal only to equations, so "a+b=7" != "7".
+     Chains: every link must hold, and the answer is the last exact member: "x = 3 + 8 = 11" == "11",
+     "3+8=11" == "11", but "3 + 3 = 2" != "2". An approximation (\\approx, \\sim before a number) must be a
+     correct rounding at its last digit, and the answer is the value before it:
+     "\\frac{\\sqrt3}{3} \\approx 0.577" == "\\frac{\\sqrt3}{3}" (and == "0.577" by rule 1), while
+     "\\frac{\\sqrt3}{3} \\approx 0.5" is wrong; "x \\approx 0.577" is the decimal 0.577.
+  7. Inequalities in one variable are intervals: "x \\ge 5" == "[5, \\infty)", "1 < x \\le 3" == "(1,3]",
+     also with a rational coefficient, a sign or an offset: "-x > -1" == "x < 1", "2x \\ge 2" == "[1,\\infty)",
+     "-1 < 2x+1 \\le 3" == "(-1,1]"; but "2x > 2" != "x \\ge 1".
      Other inequalities are equal when one is a positive multiple of the other: "x+y>2" == "2<x+y".
-  8. Matrices and vectors (pmatrix, bmatrix, ...): same shape, entries equal in order.
+  8. Matrices and vectors (pmatrix, bmatrix, ...): same shape, entries equal in order. Matrix arithmetic
+     (sums, products, scalar multiples, integer powers up to MAX_MATRIX_POWER, ^{-1}, ^T) is evaluated
+     on matrices of at most MAX_MATRIX_ENTRIES entries: "2\\begin{pmatrix}1\\\\2\\end{pmatrix}" ==
+     "\\begin{pmatrix}2\\\\4\\end{pmatrix}"; larger ones are refused (wrong unless written identically).
+     \\sum and \\prod with integer bounds and at most MAX_SERIES_TERMS terms are evaluated:
+     "\\sum_{k=1}^{10} k" == "55"; others are compared structurally (up to the index's name):
+     "\\sum_{k=1}^{n} k" == "\\sum_{j=1}^{n} j" but != "\\frac{n(n+1)}{2}", and "\\sum_{k=1}^{10^{100}} k" is
+     never summed.
   9. Answers made only of letters are text, compared case-insensitively: "\\text{Even}" == "even".
      Multiple-choice letters: "(B)" == "B" == "\\text{(B)} 12" when the other side is a single letter A-E.
  10. Infinity: "\\infty" == "+\\infty" != "-\\infty".
