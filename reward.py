@@ -797,7 +797,10 @@ def _is_equation(leaf):
 
 
 def _is_constant(text):
-    """No variable letters once LaTeX commands are removed: "3+\\frac{8}{2}" is, "a+b" is not."""
+    """No variable letters once LaTeX commands and the indices of series are removed: "3+\\frac{8}{2}" and
+    "\\sum_{k=1}^{10} k" are constant, "a+b" is not."""
+    for index in re.findall(r"\\(?:sum|prod)_\{([a-zA-Z])=", text):
+        text = re.sub(r"(?<!\\)\b" + index + r"\b|(?<=[\d}])" + index + r"(?![a-zA-Z])", "", text)
     return not re.search(r"[a-zA-Z]", re.sub(r"\\[a-zA-Z]+", "", text))
 
 

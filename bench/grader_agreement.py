@@ -9,7 +9,7 @@ Prints each count, then every pair that disagrees.
 """
 
 import argparse
-import importlib.util
+import importlib
 import json
 import sys
 from pathlib import Path
@@ -19,11 +19,9 @@ BENCHMARKS = ("gsm8k", "math500", "minerva_math", "olympiadbench", "aime24", "am
 
 
 def load_reward(checkout):
-    spec = importlib.util.spec_from_file_location("reward", Path(checkout) / "reward.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["reward"] = module  # the worker processes import it by this name
-    spec.loader.exec_module(module)
-    return module
+    """reward.py of that checkout; first on sys.path, so that its worker processes import the same file."""
+    sys.path.insert(0, str(Path(checkout).resolve()))
+    return importlib.import_module("reward")
 
 
 def read_rows(path):
@@ -53,6 +51,33 @@ def solution_pairs(data, reward):
                 yield f"{name}/{index}", solution, str(row.get("answer", reward.extract_boxed(solution)))
 
 
+def benchmark_golds(data, reward):
+    """(benchmark/row, gold) for the six benchmarks, read as the Qwen2.5-Math harness reads them."""
+    for name in BENCHMARKS:
+        for index, row in enumerate(read_rows(Path(data) / "eval" / name / "test.jsonl")):
+            if name == "gsm8k":
+                gold = row["answer"].split("####")[-1].strip()
+            elif name == "olympiadbench":
+                gold = row["final_answer"][0].strip("$")
+            elif name in ("math500", "minerva_math"):
+                gold = reward.extract_boxed(row["solution"])
+            else:
+                gold = str(row["answer"])
+            if gold:
+                yield f"{name}/{index}", gold
+
+
+def restated_gold_pairs(data, reward):
+    """Real gold answers in the forms of issue 15, each against the same answer as a response would also
+    write it: a labelled gold ("m_{\\max}=n^{2}-n-1") against its value, a percent against the word."""
+    for key, gold in benchmark_golds(data, reward):
+        sides = gold.split("=")
+        if len(sides) == 2 and sides[1].strip() and not any(sign in sides[0] for sign in "+-*/$,"):
+            yield key, sides[1].strip(), gold
+        if gold.rstrip().endswith("%"):
+            yield key, gold.rstrip().rstrip("%").rstrip("\\").strip() + " percent", gold
+
+
 def report(title, keys, golds, graded, expected):
     agree = sum(correct == label for correct, label in zip(graded["correct"], expected))
     print(f"{title}: {agree}/{len(keys)} agree, timeouts {sum(graded['timeouts'])}")
@@ -75,6 +100,9 @@ def main():
     keys, solutions, golds = zip(*solution_pairs(args.data, reward))
     report("benchmark solutions' last box vs gold answer", keys, golds,
            reward.grade_batch(list(solutions), list(golds)), [True] * len(keys))
+    keys, restated, golds = zip(*restated_gold_pairs(args.data, reward))
+    report("benchmark golds with a label or a percent vs their value / the word", keys, golds,
+           reward.grade_batch(["\\boxed{" + answer + "}" for answer in restated], list(golds)), [True] * len(keys))
     reward.close_workers()
 
 

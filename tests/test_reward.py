@@ -254,6 +254,7 @@ ANSWER_FORM_CASES = [
     ("\\sum_{k=1}^{10} k", "55", True), ("\\sum_{k=1}^{10} k", "56", False), ("\\sum_{k=1}^{4} k^2", "30", True),
     ("\\prod_{k=1}^{5} k", "5!", True), ("\\prod_{j=2}^{4} (j-1)", "6", True), ("\\sum^{3}_{k=1} k", "6", True),
     ("\\sum_{k=1}^{3}\\sum_{j=1}^{2} jk", "18", True), ("\\sum_{k=0}^{3} 2^k", "15", True),
+    ("\\sum_{k=1}^{10} k = 55", "55", True), ("\\sum_{k=1}^{10} k = 56", "56", False),
     ("\\sum_{k=1}^{n} k", "\\sum_{j=1}^{n} j", True), ("\\sum_{k=1}^{n} k", "\\sum_{k=1}^{n} k^2", False),
     ("2\\begin{pmatrix}1\\\\2\\end{pmatrix}", "\\begin{pmatrix}2\\\\4\\end{pmatrix}", True),
     ("2\\begin{pmatrix}1\\\\2\\end{pmatrix}", "\\begin{pmatrix}2\\\\5\\end{pmatrix}", False),
