@@ -491,6 +491,7 @@ _VARIABLE = re.compile(r"(?:[a-zA-Z]|\\(?:alpha|beta|gamma|theta|lambda|mu|phi|o
 _NAME = (r"(?:[a-zA-Z]|\\(?:alpha|beta|gamma|delta|epsilon|varepsilon|theta|lambda|mu|nu|xi|rho|sigma|tau|phi"
          r"|varphi|chi|psi|omega|Delta|Omega))(?:_(?:\{[^{}=]*\}|[a-zA-Z0-9]))?(?:'|\^\{?\\prime\}?)*")
 _LABEL = (r"(?:" + _NAME + r"(?:\([^()=]*\))?|\|[^|=]+\||[A-Z]{2,4}|\\overline\{[A-Z]+\}"
+          r"|\\frac\{d(?:\^\{?\d\}?)?\s*[a-zA-Z][^{}=]*\}\{d\s*[a-zA-Z](?:\^\{?\d\}?)?\}"  # dy/dx
           r"|(?:m\s*)?\\angle\s*[A-Z][A-Z_{}0-9]*)")
 _TUPLE_LABEL = r"\(\s*" + _NAME + r"(?:\s*,\s*" + _NAME + r")+\s*\)"
 _STRUCTURE_ASSIGNMENT = re.compile(r"(?:" + _LABEL + "|" + _TUPLE_LABEL + r")\s*=\s*([^=]+)")

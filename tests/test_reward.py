@@ -240,7 +240,8 @@ ANSWER_FORM_CASES = [
     ("(p,q)=(3,2)", "(3,2)", True), ("(p,q)=(3,2)", "(2,3)", False), ("(x, y) = (1, -1)", "(1,-1)", True),
     ("|AB| = 1", "1", True), ("|AB| = 2", "1", False), ("AB = 5", "5", True), ("x_1 = 4", "4", True),
     ("x_{1} = 4", "5", False), ("P(A) = \\frac{1}{3}", "\\frac13", True), ("P(A) = \\frac{1}{2}", "\\frac13", False),
-    ("m_{\\max}=n^2-n-1", "n^2-n-1", True), ("\\angle ABC = 90^\\circ", "90", True),
+    ("m_{\\max}=n^2-n-1", "n^2-n-1", True), ("\\frac{d x}{d t}=k x-a", "kx-a", True),
+    ("\\frac{dx}{dt}=kx-a", "kx+a", False), ("MR=SRMC", "SRMC", True), ("MR=SRMC", "LRMC", False), ("\\angle ABC = 90^\\circ", "90", True),
     ("a+b=7", "7", False),  # the left side is an expression, not a label: an equation, equal only to equations
     ("x=5", "y=5", False),
     # Percent as a word (never rescaled), "or" without spaces, clock times
