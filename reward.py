@@ -65,8 +65,8 @@ Equivalence
      "y = 2x+3" == "2x+3", "f(x)=2x" == "2x"; but "x=5" != "y=5". Other equations are equal when one is
      a nonzero multiple of the other: "x+y=1" == "2x+2y=2".
      A label may name any single quantity: "x_1 = 4", "m_{\\max} = 3", "P(A) = \\frac13", "|AB| = 1",
-     "AB = 1", "\\angle ABC = 90", "\\frac{dx}{dt} = kx" all equal their value, and "(p,q)=(3,2)" == "(3,2)". An expression on the
-     left is no label: "a+b=7" is an equation, equal only to equations, so "a+b=7" != "7".
+     "AB = 1", "\\angle ABC = 90", "\\frac{dx}{dt} = kx" all equal their value, and "(p,q)=(3,2)" ==
+     "(3,2)". An expression on the left is no label: "a+b=7" is an equation, equal only to equations, so "a+b=7" != "7".
      Chains: every link must hold, and the answer is the last exact member: "x = 3 + 8 = 11" == "11",
      "3+8=11" == "11", but "3 + 3 = 2" != "2". An approximation (\\approx, \\sim before a number) must be a
      correct rounding at its last digit, and the answer is the value before it:
@@ -489,7 +489,8 @@ _VARIABLE = re.compile(r"(?:[a-zA-Z]|\\(?:alpha|beta|gamma|theta|lambda|mu|phi|o
 # A label names the quantity an answer is about: "x", "x_1", "m_{\max}", "f(x)", "P(A)", "AB", "|AB|",
 # "\angle ABC", "\overline{AB}", "\frac{dx}{dt}". "(p,q)" labels a tuple. "a+b" is no label: it is an expression.
 _NAME = (r"(?:[a-zA-Z]|\\(?:alpha|beta|gamma|delta|epsilon|varepsilon|theta|lambda|mu|nu|xi|rho|sigma|tau|phi"
-         r"|varphi|chi|psi|omega|Delta|Omega))(?:_(?:\{[^{}=]*\}|[a-zA-Z0-9]))?(?:'|\^\{?\\prime\}?)*")
+         r"|varphi|chi|psi|omega|zeta|eta|iota|kappa|upsilon|vartheta|ell|Gamma|Delta|Theta|Lambda|Xi|Sigma|Phi|Psi"
+         r"|Omega)(?![a-zA-Z]))(?:_(?:\{[^{}=]*\}|[a-zA-Z0-9]))?(?:'|\^\{?\\prime\}?)*")
 _LABEL = (r"(?:" + _NAME + r"(?:\([^()=]*\))?|\|[^|=]+\||[A-Z]{2,4}|\\overline\{[A-Z]+\}"
           r"|\\frac\{d(?:\^\{?\d\}?)?\s*[a-zA-Z][^{}=]*\}\{d\s*[a-zA-Z](?:\^\{?\d\}?)?\}"  # dy/dx
           r"|(?:m\s*)?\\angle\s*[A-Z][A-Z_{}0-9]*)")

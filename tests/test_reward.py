@@ -224,7 +224,8 @@ ANSWER_FORM_CASES = [
     ("\\frac{\\sqrt3}{3} \\approx 0.577", "\\frac{\\sqrt3}{3}", True),
     ("\\frac{\\sqrt3}{3} \\approx 0.577", "0.577", True),
     ("\\frac{\\sqrt3}{3} \\approx 0.5", "\\frac{\\sqrt3}{3}", False),  # a wrong rounding is a wrong chain
-    ("\\pi \\sim 3.14", "\\pi", True), ("\\pi \u2248 3.15", "\\pi", False), ("x \\approx 0.577", "\\frac{\\sqrt3}{3}", True),
+    ("\\pi \\sim 3.14", "\\pi", True), ("\\pi \u2248 3.15", "\\pi", False),
+    ("x \\approx 0.577", "\\frac{\\sqrt3}{3}", True),
     ("\\frac{1}{3} \\approx 0.33", "0.33", False),  # the value is 1/3, and 0.33 is too coarse for it
     ("x = 3 + 8 = 11", "11", True), ("x = 3 + 8 = 12", "12", False), ("3 + 3 = 2", "2", False),
     ("3+8=11", "11", True), ("y = 3 + 8 = 11", "x = 11", False), ("x = 2 + 2 = 4 = 2^2", "4", True),
@@ -241,9 +242,12 @@ ANSWER_FORM_CASES = [
     ("|AB| = 1", "1", True), ("|AB| = 2", "1", False), ("AB = 5", "5", True), ("x_1 = 4", "4", True),
     ("x_{1} = 4", "5", False), ("P(A) = \\frac{1}{3}", "\\frac13", True), ("P(A) = \\frac{1}{2}", "\\frac13", False),
     ("m_{\\max}=n^2-n-1", "n^2-n-1", True), ("\\frac{d x}{d t}=k x-a", "kx-a", True),
-    ("\\frac{dx}{dt}=kx-a", "kx+a", False), ("MR=SRMC", "SRMC", True), ("MR=SRMC", "LRMC", False), ("\\angle ABC = 90^\\circ", "90", True),
+    ("\\frac{dx}{dt}=kx-a", "kx+a", False), ("MR=SRMC", "SRMC", True), ("MR=SRMC", "LRMC", False),
+    ("\\angle ABC = 90^\\circ", "90", True),
     ("a+b=7", "7", False),  # the left side is an expression, not a label: an equation, equal only to equations
     ("x=5", "y=5", False),
+    ("\\theta = \\frac{\\pi}{3}", "\\frac{\\pi}{3}", True), ("\\Gamma = 2", "2", True),
+    ("\\pi = 3", "3", False),  # \pi is a constant, not a label: a false chain
     # Percent as a word (never rescaled), "or" without spaces, clock times
     ("28 percent", "28", True), ("28 pct", "28\\%", True), ("28\\text{ percent}", "28", True),
     ("0.28", "28 percent", False), ("28 percent", "29", False),
@@ -259,9 +263,12 @@ ANSWER_FORM_CASES = [
     ("\\sum_{k=1}^{n} k", "\\sum_{j=1}^{n} j", True), ("\\sum_{k=1}^{n} k", "\\sum_{k=1}^{n} k^2", False),
     ("2\\begin{pmatrix}1\\\\2\\end{pmatrix}", "\\begin{pmatrix}2\\\\4\\end{pmatrix}", True),
     ("2\\begin{pmatrix}1\\\\2\\end{pmatrix}", "\\begin{pmatrix}2\\\\5\\end{pmatrix}", False),
-    ("\\begin{pmatrix}1&2\\\\3&4\\end{pmatrix}\\begin{pmatrix}1\\\\1\\end{pmatrix}", "\\begin{pmatrix}3\\\\7\\end{pmatrix}", True),
-    ("\\begin{bmatrix}1&1\\\\0&1\\end{bmatrix}^{3}", "\\begin{pmatrix}1&3\\\\0&1\\end{pmatrix}", True),
-    ("\\begin{pmatrix}1\\\\2\\end{pmatrix}+\\begin{pmatrix}3\\\\4\\end{pmatrix}", "\\begin{pmatrix}4\\\\6\\end{pmatrix}", True),
+    ("\\begin{pmatrix}1&2\\\\3&4\\end{pmatrix}\\begin{pmatrix}1\\\\1\\end{pmatrix}",
+     "\\begin{pmatrix}3\\\\7\\end{pmatrix}", True),
+    ("\\begin{bmatrix}1&1\\\\0&1\\end{bmatrix}^{3}",
+     "\\begin{pmatrix}1&3\\\\0&1\\end{pmatrix}", True),
+    ("\\begin{pmatrix}1\\\\2\\end{pmatrix}+\\begin{pmatrix}3\\\\4\\end{pmatrix}",
+     "\\begin{pmatrix}4\\\\6\\end{pmatrix}", True),
     ("\\begin{pmatrix}1&2\\\\3&4\\end{pmatrix}^{-1}", "\\begin{pmatrix}-2&1\\\\3/2&-1/2\\end{pmatrix}", True),
     ("\\begin{pmatrix}1&2\\end{pmatrix}^T", "\\begin{pmatrix}1\\\\2\\end{pmatrix}", True),
     ("\\begin{pmatrix}1&2\\end{pmatrix}", "\\begin{pmatrix}1\\\\2\\end{pmatrix}", False),
