@@ -80,7 +80,7 @@ Equivalence
      (sums, products, scalar multiples, integer powers up to MAX_MATRIX_POWER, ^{-1}, ^T) is evaluated
      on matrices of at most MAX_MATRIX_ENTRIES entries: "2\\begin{pmatrix}1\\\\2\\end{pmatrix}" ==
      "\\begin{pmatrix}2\\\\4\\end{pmatrix}"; larger ones are refused (wrong unless written identically).
-     \\sum and \\prod with integer bounds and at most MAX_SERIES_TERMS terms are evaluated:
+     \\sum and \\prod with integer bounds are evaluated within MAX_SERIES_TERMS terms (nested ones counted):
      "\\sum_{k=1}^{10} k" == "55"; others are compared structurally (up to the index's name):
      "\\sum_{k=1}^{n} k" == "\\sum_{j=1}^{n} j" but != "\\frac{n(n+1)}{2}", and "\\sum_{k=1}^{10^{100}} k" is
      never summed.
@@ -136,7 +136,7 @@ MAX_NESTING_DEPTH = 50  # brackets and braces; deeper input is hostile, and recu
 MAX_POWER_BITS = 100_000  # 2^{100000} is fine, 9^{9^{9}} (1.2 billion bits) is not
 MAX_SYMBOLIC_EXPONENT = 10_000  # (x+1)^{10^6} would take sympy forever to expand
 MAX_FACTORIAL = 1000
-MAX_SERIES_TERMS = 1000  # \sum and \prod with at most this many terms (all nested ones together) are evaluated
+MAX_SERIES_TERMS = 1000  # parses of \sum/\prod bodies per answer, nested ones included (n terms cost n + 1)
 MAX_MATRIX_ENTRIES = 100  # matrix arithmetic on matrices up to 10x10
 MAX_MATRIX_POWER = 64
 MAX_BOXES_CHECKED = 20  # for the format check; more boxes than this is not a well-formatted answer
@@ -1203,20 +1203,19 @@ def _parse_series(name, tokens):
     if low is None or high is None:
         raise _ParseError("a series needs both bounds")
     start, saved = tokens.position, list(tokens.tokens)
-    symbolic = _parse_term(tokens)  # the body: up to the next + or - outside brackets
+    symbolic = _parse_series_body(tokens)
     end = tokens.position
     count = high - low + 1 if low.is_Integer and high.is_Integer else None
     if count is None or tokens.series_terms + max(count, 0) > MAX_SERIES_TERMS:
         dummy = sympy.Symbol("_series_index")
         return sympy.Function("Sum" if name == "sum" else "Product")(
             symbolic.subs(sympy.Symbol(index), dummy), low, high)
-    tokens.series_terms += max(count, 0)
     value, outer = sympy.Integer(0 if name == "sum" else 1), tokens.bindings.get(index)
     for term_index in range(int(low), int(high) + 1):
         tokens.tokens[start:end] = saved[start:end]  # single-character arguments split tokens in place
         tokens.position = start
         tokens.bindings[index] = sympy.Integer(term_index)
-        term = _parse_term(tokens)
+        term = _parse_series_body(tokens)
         value = value + term if name == "sum" else value * term
         if value.is_Rational and max(abs(value.p), value.q).bit_length() > MAX_POWER_BITS:
             raise _TooLarge("series too large")
@@ -1225,6 +1224,15 @@ def _parse_series(name, tokens):
         tokens.bindings[index] = outer
     tokens.position = end
     return value
+
+
+def _parse_series_body(tokens):
+    """The body of a series: up to the next + or - outside brackets. Every parse of a body, nested ones
+    included, spends one of MAX_SERIES_TERMS, so nested series cannot multiply the work."""
+    tokens.series_terms += 1
+    if tokens.series_terms > MAX_SERIES_TERMS:
+        raise _TooLarge("series too large")
+    return _parse_term(tokens)
 
 
 def _parse_matrix(tokens):

@@ -286,6 +286,7 @@ def test_answer_forms(prediction, gold, expected):
     ("\\sum_{k=1}^{10^{100}} k", "5"),  # too many terms: kept unevaluated, never summed
     ("\\prod_{k=1}^{10^{100}} k", "1"),
     ("\\sum_{k=1}^{1000}\\sum_{j=1}^{1000} jk", "1"),  # nested: the term budget is shared
+    ("\\sum_{k=1}^{9}" * 60 + "k", "1"),  # deeply nested small series: the budget counts every parse
     ("\\sum_{k=1}^{100} 9^{9^{k}}", "1"),  # each term meets the power guard as a number
     ("\\begin{pmatrix}1&1\\\\0&1\\end{pmatrix}^{10^{9}}", "\\begin{pmatrix}1&1000000000\\\\0&1\\end{pmatrix}"),
 ])
