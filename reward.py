@@ -26,12 +26,12 @@ Normalization (string level; then equal strings are equal answers)
     letter is never taken for a unit: "\\frac{37}{4} m" keeps its m.
   - Degrees, percent and dollar signs are dropped, with NO rescaling: "90^\\circ" == "90",
     "10\\%" == "10", "\\$18.90" == "18.90"; but "10\\%" != "0.1" and "90^\\circ" != "\\frac{\\pi}{2}".
-    Percent as a word likewise: "28 percent" == "28 pct" == "28 per cent" == "28", != "0.28".
+    Percent as a word is the sign: "28 percent" == "28 pct" == "28\\%" == "28" (and still != "0.28").
   - Thousands separators only in a well-formed whole number: "10,\\!080" == "10080"; "3,2" is a list.
-  - Clock times become 24-hour h:mm[:ss]: "4:30 \\text{ p.m.}" == "\\text{4:30 PM}" == "4:30pm" == "16:30",
-    "8:34 p.m." == "20:34:00", "12:15 a.m." == "0:15"; "4:30 a.m." != "4:30 p.m.", "20:34:30" != "20:34".
-  - Mixed numbers with a space in plain text: "1 1/2" == "\\frac32" (never 11/2); "2 5/2" (not proper) is
-    not read as a number at all.
+  - Clock times: "4:30 \\text{ p.m.}" == "\\text{4:30 PM}" == "4:30pm"; "4:30 a.m." != "4:30 p.m.".
+    A time without a.m./p.m. is on the 24-hour clock, and zero seconds may be written or not:
+    "20:34" == "8:34 p.m." == "20:34:00"; "12:05 a.m." == "0:05"; "20:34:05" != "20:34".
+  - Mixed numbers with a space: "1 1/2" == "3/2" (never 11/2); "1 3/2" is no number at all.
   - A base subscript is dropped: "52_8" == "52". "x \\in [2,5)" is "[2,5)"; "\\mathbb{R}" is
     "(-\\infty,\\infty)"; "infinity" and "\\inf" are "\\infty"; "\\le", "\\leq" and "<=" are the same.
 
@@ -56,30 +56,34 @@ Equivalence
      Parentheses around a single answer are grouping: "(113)" == "113".
   4. Sets, multi-answer lists and interval unions are unordered, and every answer is required, with no
      extras: "3, 2" == "2, 3", "\\{1,2\\}" == "\\{2,1\\}", "3 \\text{ or } 5" != "3", "3, 5" != "3, 5, 7".
-     "or" needs no spaces next to brackets or digits: "(11,7)or(7,11)" == "(7,11), (11,7)".
-     A set is its distinct elements ("\\{1,1,2\\}" == "\\{1,2\\}"), but a list counts its answers: a
-     repeated answer is an extra one ("1, 1, 2" != "1, 2").
+     "or" and "and" separate answers with or without spaces: "(11,7)or(7,11)" == "(7,11), (11,7)".
+     Repeats: a set (and an interval union, and the answers of \\pm) is its distinct elements,
+     "\\{1,1,2\\}" == "\\{1,2\\}"; a bare answer list keeps its repeats, since they can be meant (a double
+     root, the sides of an isosceles triangle): "1, 1, 2" != "1, 2". A list against a set is a set.
   5. \\pm gives both answers: "1 \\pm \\sqrt{2}" == "1+\\sqrt2, 1-\\sqrt2".
   6. Equations: an assignment to one variable compares its right side: "x=5" == "5",
      "y = 2x+3" == "2x+3", "f(x)=2x" == "2x"; but "x=5" != "y=5". Other equations are equal when one is
      a nonzero multiple of the other: "x+y=1" == "2x+2y=2".
-     Against a plain value (no = on the other side), a label is dropped: a left side made only of names
-     (x_1, f(2), P(A), |AB|, AB, \\angle ABC, \\overline{AB}, a tuple of names, a sum of names) names the
-     quantity: "(p,q)=(3,2)" == "(3,2)", "|AB| = 1" == "1", "a+b=7" == "7"; "2x = 6" is an equation, not
-     a label, and equals neither 6 nor 3.
-     Chains of equal values count when every link holds, and the value is any link: "x = 3 + 8 = 11" ==
-     "11", but "3 + 3 = 2" matches nothing. A value with its approximation ("\\approx", "\\sim", "\\simeq",
-     "≈") needs the decimal to be a correct rounding of the value: "\\frac{\\sqrt3}{3} \\approx 0.577" ==
-     "\\frac{\\sqrt3}{3}", but "\\frac{\\sqrt3}{3} \\approx 0.578" is wrong.
-  7. Inequalities in one variable are intervals: "x \\ge 5" == "[5, \\infty)", "1 < x \\le 3" == "(1,3]".
-     A side a*x + b with numbers a, b is solved first (a < 0 flips the relation): "-x > -1" == "x < 1",
-     "2x > 2" == "(1, \\infty)", "-4 \\le -2x < 2" == "(-1, 2]".
+     A label may name any single quantity: "x_1 = 4", "m_{\\max} = 3", "P(A) = \\frac13", "|AB| = 1",
+     "AB = 1", "\\angle ABC = 90", "\\frac{dx}{dt} = kx" all equal their value, and "(p,q)=(3,2)" ==
+     "(3,2)". An expression on the left is no label: "a+b=7" is an equation, equal only to equations, so "a+b=7" != "7".
+     Chains: every link must hold, and the answer is the last exact member: "x = 3 + 8 = 11" == "11",
+     "3+8=11" == "11", but "3 + 3 = 2" != "2". An approximation (\\approx, \\sim before a number) must be a
+     correct rounding at its last digit, and the answer is the value before it:
+     "\\frac{\\sqrt3}{3} \\approx 0.577" == "\\frac{\\sqrt3}{3}" (and == "0.577" by rule 1), while
+     "\\frac{\\sqrt3}{3} \\approx 0.5" is wrong; "x \\approx 0.577" is the decimal 0.577.
+  7. Inequalities in one variable are intervals: "x \\ge 5" == "[5, \\infty)", "1 < x \\le 3" == "(1,3]",
+     also with a rational coefficient, a sign or an offset: "-x > -1" == "x < 1", "2x \\ge 2" == "[1,\\infty)",
+     "-1 < 2x+1 \\le 3" == "(-1,1]"; but "2x > 2" != "x \\ge 1".
      Other inequalities are equal when one is a positive multiple of the other: "x+y>2" == "2<x+y".
   8. Matrices and vectors (pmatrix, bmatrix, ...): same shape, entries equal in order. Matrix arithmetic
-     is evaluated: "2\\begin{pmatrix}1\\\\2\\end{pmatrix}" == "\\begin{pmatrix}2\\\\4\\end{pmatrix}" (powers up to 64).
-     \\sum and \\prod with integer bounds at most MAX_EXPLICIT_TERMS apart are added out
-     ("\\sum_{k=1}^{10} k" == "55"); others stay unevaluated and equal only the same sum written the same
-     way, so "\\sum_{k=1}^{10^9} k" can never hang a comparison.
+     (sums, products, scalar multiples, integer powers up to MAX_MATRIX_POWER, ^{-1}, ^T) is evaluated
+     on matrices of at most MAX_MATRIX_ENTRIES entries: "2\\begin{pmatrix}1\\\\2\\end{pmatrix}" ==
+     "\\begin{pmatrix}2\\\\4\\end{pmatrix}"; larger ones are refused (wrong unless written identically).
+     \\sum and \\prod with integer bounds are evaluated within MAX_SERIES_TERMS terms (nested ones counted):
+     "\\sum_{k=1}^{10} k" == "55"; others are compared structurally (up to the index's name):
+     "\\sum_{k=1}^{n} k" == "\\sum_{j=1}^{n} j" but != "\\frac{n(n+1)}{2}", and "\\sum_{k=1}^{10^{100}} k" is
+     never summed.
   9. Answers made only of letters are text, compared case-insensitively: "\\text{Even}" == "even".
      Multiple-choice letters: "(B)" == "B" == "\\text{(B)} 12" when the other side is a single letter A-E.
  10. Infinity: "\\infty" == "+\\infty" != "-\\infty".
@@ -132,6 +136,9 @@ MAX_NESTING_DEPTH = 50  # brackets and braces; deeper input is hostile, and recu
 MAX_POWER_BITS = 100_000  # 2^{100000} is fine, 9^{9^{9}} (1.2 billion bits) is not
 MAX_SYMBOLIC_EXPONENT = 10_000  # (x+1)^{10^6} would take sympy forever to expand
 MAX_FACTORIAL = 1000
+MAX_SERIES_TERMS = 1000  # parses of \sum/\prod bodies per answer, nested ones included (n terms cost n + 1)
+MAX_MATRIX_ENTRIES = 100  # matrix arithmetic on matrices up to 10x10
+MAX_MATRIX_POWER = 64
 MAX_BOXES_CHECKED = 20  # for the format check; more boxes than this is not a well-formatted answer
 DEFAULT_TIMEOUT_SECONDS = 5.0  # per comparison that needs sympy; most take a few milliseconds
 WORKER_START_TIMEOUT_SECONDS = 60.0
@@ -235,10 +242,11 @@ def _well_formatted(responses, timeout, num_workers):
 
 _UNICODE_SYMBOLS = (("\u2212", "-"), ("\u2013", "-"), ("\u03c0", "\\pi "), ("\u221e", "\\infty "),
                     ("\u221a", "\\sqrt"), ("\u00b0", "^\\circ"), ("\u2264", "\\le "), ("\u2265", "\\ge "),
-                    ("\u00d7", "\\times "), ("\u00b7", "\\cdot "), ("\u00f7", "\\div "), ("\u2260", "\\neq "))
-# h:mm or h:mm:ss, with an optional a.m./p.m. (also as \text{ p.m.}); rewritten to 24-hour h:mm[:ss].
+                    ("\u00d7", "\\times "), ("\u00b7", "\\cdot "), ("\u00f7", "\\div "), ("\u2260", "\\neq "),
+                    ("\u2248", "\\approx "))
 _CLOCK_TIME = re.compile(r"(?<![\d:.])(\d{1,2}):(\d{2})(?::(\d{2}))?(?![\d:])"
                          r"(?:\s*(\\(?:text|mbox|mathrm)\s*\{\s*)?([aApP])\.?\s*[mM]\.?(?(4)\s*\}))?")
+_MIXED_NUMBER_WITH_SPACE = re.compile(r"(?<![\d.])([+-]?)(\d+)\s+(\d+)\s*/\s*(\d+)(?![\d.])")
 _DISPLAY_DELIMITERS = re.compile(r"(?<!\\)\\[()\[\]]")  # \( \) \[ \], but not a row break "\\" before "["
 _TEXT_WRAPPER = re.compile(r"\\(?:text(?:bf|it|rm|normal|sf|tt)?|math(?:rm|bf|it|sf|tt|normal)|mbox|hbox"
                            r"|boxed|fbox|framebox|operatorname\*?|boldsymbol|bm|emph)\s*\{")
@@ -250,17 +258,14 @@ _SIZING_COMMANDS = re.compile(r"\\(?:left|right|[bB]igg?[lr]?|displaystyle|texts
 _THIN_SPACES = re.compile(r"\s*(?<!\\)\\[,!;:]\s*")
 _WIDE_SPACES = re.compile(r"\\q?quad(?![a-zA-Z])|~|(?<!\\)\\ ")
 _DEGREES = re.compile(r"\^\s*\{?\s*\\circ\s*\}?|\\circ(?![a-zA-Z])|\\degree(?![a-zA-Z])")
-_PERCENT = re.compile(r"\\?%")
-# "1 1/2" in plain text is the mixed number 3/2; without this the space would vanish and leave 11/2.
-_SPACED_MIXED_NUMBER = re.compile(r"(?<![\d.,/])([+-]?\d+)\s+(\d+)\s*/\s*(\d+)(?![\d.,/])")
+_PERCENT = re.compile(r"\\?%|(?<=[\d}.])\s*(?:percent|per\s?cent|pct)(?![a-zA-Z])\.?", re.IGNORECASE)
 _RELATION_SPELLINGS = (
     (re.compile(r"\\leqslant|\\leq(?![a-zA-Z])|\\le(?![a-zA-Z])|<="), r"\\le "),
     (re.compile(r"\\geqslant|\\geq(?![a-zA-Z])|\\ge(?![a-zA-Z])|>="), r"\\ge "),
     (re.compile(r"\\lt(?![a-zA-Z])"), "<"),
     (re.compile(r"\\gt(?![a-zA-Z])"), ">"),
     (re.compile(r"\\neq(?![a-zA-Z])|\\ne(?![a-zA-Z])|!="), r"\\neq "),
-    # A value with its approximation ("\frac{\sqrt3}{3} \approx 0.577") is a chain: see _chain.
-    (re.compile(r"\\(?:approx|thickapprox|approxeq|simeq|sim|doteq)(?![a-zA-Z])|\u2248"), r"\\approx "),
+    (re.compile(r"\\approx(?![a-zA-Z])|\\sim(?:eq)?(?![a-zA-Z])(?=\s*[-+]?[\d.])"), r"\\approx "),
 )
 _INFINITY_SPELLINGS = re.compile(r"\\infinity|\\inf(?![a-zA-Z])|(?<!\\)\binfinity\b", re.IGNORECASE)
 _EMPTY_SET = re.compile(r"\\varnothing|\\\{\s*\\\}")
@@ -268,7 +273,7 @@ _REAL_LINE = re.compile(r"\\mathbb\s*\{?\s*R\s*\}?")
 _UNIT_WORDS = (r"units?|cm|mm|km|meters?|metres?|inch(?:es)?|feet|foot|ft|yards?|miles?|mph|degrees?"
                r"|dollars?|cents?|hours?|hrs?|minutes?|mins|seconds?|secs|days?|weeks?|months?|years?"
                r"|pounds?|lbs?|ounces?|oz|gallons?|liters?|litres?|grams?|kg|kilograms?|calories|people"
-               r"|students|percent|per\s?cent|pct")  # no x100: "28 percent" is 28, as "28\\%" is
+               r"|students")
 _TRAILING_UNIT_WORD = re.compile(r"(?<=[\d}).\s])\s*(?:square\s+|sq\.?\s*|cubic\s+)?(?:" + _UNIT_WORDS +
                                  r")(?:\s*\^\s*\{?\s*[23]\s*\}?)?\s*$")
 _MEMBERSHIP_PREFIX = re.compile(r"^[a-zA-Z](?:_\{?\w+\}?)?\s*\\in(?![a-zA-Z])\s*")
@@ -298,6 +303,24 @@ def _unwrap_text_commands(text):
     return "".join(output)
 
 
+def _clock_time_24_hours(match):
+    """ "8:34 p.m." -> "20:34", "20:34:00" -> "20:34", "12:05 am" -> "0:05"; other text is kept."""
+    hours, minutes, seconds, suffix = int(match.group(1)), int(match.group(2)), match.group(3), match.group(5)
+    if minutes > 59 or (seconds and int(seconds) > 59) or hours > (12 if suffix else 23) or (suffix and not hours):
+        return match.group()
+    if suffix:
+        hours = hours % 12 + (12 if suffix.lower() == "p" else 0)
+    return f"{hours}:{minutes:02d}" + (f":{seconds}" if seconds and seconds != "00" else "") + " "
+
+
+def _mixed_number_with_space(match):
+    """ "1 1/2" -> "1\\frac{1}{2}" (3/2, never 11/2); "1 3/2" is no number and stays unreadable."""
+    sign, whole, numerator, denominator = match.groups()
+    if 0 < int(numerator) < int(denominator):
+        return f"{sign}{whole}\\frac{{{numerator}}}{{{denominator}}}"
+    return f"{sign}{whole}\x01{numerator}/{denominator}"
+
+
 def _strip_trailing_text_unit(text):
     """ "5.4 \\text{ cents}" -> "5.4": a trailing text word after something number-like is a unit."""
     match = _TRAILING_TEXT.search(text)
@@ -308,32 +331,12 @@ def _strip_trailing_text_unit(text):
     return text
 
 
-def _clock_time_24h(match):
-    """ "8:34 p.m." -> "20:34", "12:15 a.m." -> "0:15", "20:34:00" -> "20:34"; anything that is not a valid
-    time of day (a ratio such as "3:45" is one, and stays as it is) is left unchanged."""
-    hours, minutes, seconds, half = int(match.group(1)), int(match.group(2)), int(match.group(3) or 0), match.group(5)
-    if minutes > 59 or seconds > 59 or (half and not 1 <= hours <= 12) or (not half and hours > 23):
-        return match.group()
-    if half:
-        hours = hours % 12 + (12 if half in "pP" else 0)
-    return f"{hours}:{minutes:02d}" + (f":{seconds:02d}" if seconds else "")
-
-
-def _spaced_mixed_number(match):
-    """ "1 1/2" -> "1\\frac{1}{2}" (a mixed number) when the fraction is proper; otherwise "2 5/2" is not a
-    number we can read, and "{}" keeps its digits apart so it is never taken for 25/2."""
-    whole, numerator, denominator = match.groups()
-    if 0 < int(numerator) < int(denominator):
-        return whole + "\\frac{" + numerator + "}{" + denominator + "}"
-    return whole + "{}" + numerator + "/" + denominator
-
-
 def _clean(answer):
     """String-level normalization. Spaces are kept: they separate words such as "or" in lists."""
     text = str(answer)
     for symbol, latex in _UNICODE_SYMBOLS:
         text = text.replace(symbol, latex)
-    text = _CLOCK_TIME.sub(_clock_time_24h, text)
+    text = _CLOCK_TIME.sub(_clock_time_24_hours, text)
     text = _DISPLAY_DELIMITERS.sub(" ", text.replace("\n", " "))
     text = text.replace("\\$", " ").replace("$", " ")  # currency, then math delimiters
     text = _strip_trailing_text_unit(text)  # before unwrapping, while units are still marked as text
@@ -343,7 +346,6 @@ def _clean(answer):
     text = _SIZING_COMMANDS.sub("", text)
     text = _THIN_SPACES.sub("", text)  # "10,\!080" -> "10,080"
     text = _WIDE_SPACES.sub(" ", text)
-    text = _SPACED_MIXED_NUMBER.sub(_spaced_mixed_number, text)
     text = _DEGREES.sub("", text)
     text = _PERCENT.sub("", text)
     text = text.replace("{,}", ",")
@@ -354,6 +356,7 @@ def _clean(answer):
     text = _REAL_LINE.sub(r"(-\\infty,\\infty)", text)
     text = _TRAILING_UNIT_WORD.sub("", text.strip())
     text = text.strip().rstrip(".").strip()
+    text = _MIXED_NUMBER_WITH_SPACE.sub(_mixed_number_with_space, text)
     text = _MEMBERSHIP_PREFIX.sub("", text)
     if _THOUSANDS.fullmatch(text):
         text = text.replace(",", "")
@@ -479,11 +482,20 @@ def _numbers_equal(first, second):
 #   ("matrix", [[items], ...])
 
 _WORD_SEPARATOR = re.compile(r"\s+(?:or|and)\s+")
-_GLUED_WORD_SEPARATOR = re.compile(r"(?:or|and)(?=[-+(\[{\\\d])")
+_GLUED_WORD_SEPARATOR = re.compile(r"(?:or|and)(?![a-zA-Z])")  # "(11,7)or(7,11)", after a non-letter
 _MATRIX = re.compile(r"\\begin\{([pbBvV]?matrix|smallmatrix|array)\}(?:\{[^{}]*\})?(.*)\\end\{\1\}", re.DOTALL)
 _VARIABLE = re.compile(r"(?:[a-zA-Z]|\\(?:alpha|beta|gamma|theta|lambda|mu|phi|omega|tau|sigma|rho))"
                        r"(?:_\{?[a-zA-Z0-9]+\}?)?")
-_STRUCTURE_ASSIGNMENT = re.compile(r"[a-zA-Z](?:_\{?\w+\}?)?\s*=\s*([^=]+)")
+# A label names the quantity an answer is about: "x", "x_1", "m_{\max}", "f(x)", "P(A)", "AB", "|AB|",
+# "\angle ABC", "\overline{AB}", "\frac{dx}{dt}". "(p,q)" labels a tuple. "a+b" is no label: it is an expression.
+_NAME = (r"(?:[a-zA-Z]|\\(?:alpha|beta|gamma|delta|epsilon|varepsilon|theta|lambda|mu|nu|xi|rho|sigma|tau|phi"
+         r"|varphi|chi|psi|omega|zeta|eta|iota|kappa|upsilon|vartheta|ell|Gamma|Delta|Theta|Lambda|Xi|Sigma|Phi|Psi"
+         r"|Omega)(?![a-zA-Z]))(?:_(?:\{[^{}=]*\}|[a-zA-Z0-9]))?(?:'|\^\{?\\prime\}?)*")
+_LABEL = (r"(?:" + _NAME + r"(?:\([^()=]*\))?|\|[^|=]+\||[A-Z]{2,4}|\\overline\{[A-Z]+\}"
+          r"|\\frac\{d(?:\^\{?\d\}?)?\s*[a-zA-Z][^{}=]*\}\{d\s*[a-zA-Z](?:\^\{?\d\}?)?\}"  # dy/dx
+          r"|(?:m\s*)?\\angle\s*[A-Z][A-Z_{}0-9]*)")
+_TUPLE_LABEL = r"\(\s*" + _NAME + r"(?:\s*,\s*" + _NAME + r")+\s*\)"
+_STRUCTURE_ASSIGNMENT = re.compile(r"(?:" + _LABEL + "|" + _TUPLE_LABEL + r")\s*=\s*([^=]+)")
 _INEQUALITY = re.compile(r"(\\le(?![a-zA-Z])|\\ge(?![a-zA-Z])|<|>)")
 _LOWER_THAN = {"<": ")", "\\le": "]"}  # x < a  ->  (-inf, a)
 _GREATER_THAN = {">": "(", "\\ge": "["}  # x > a  ->  (a, inf)
@@ -519,8 +531,8 @@ def _split_top_level(text):
             elif char.isspace():
                 word = _WORD_SEPARATOR.match(text, position)
                 cut = (word.end(), "word") if word else None
-            elif char in "oa" and position and text[position - 1] in ")]}0123456789":
-                word = _GLUED_WORD_SEPARATOR.match(text, position)  # "(11,7)or(7,11)"
+            elif char in "oa" and position and not (text[position - 1].isalpha() or text[position - 1] == "\\"):
+                word = _GLUED_WORD_SEPARATOR.match(text, position)
                 cut = (word.end(), "word") if word else None
         if cut:
             parts.append(text[start:position])
@@ -546,86 +558,78 @@ def _closes_at_end(text, open_position):
     return False
 
 
-_COEFFICIENT = r"(?:\d+(?:\.\d+)?|\\frac\{\d+\}\{\d+\}|\\frac\d\d)"
-_LINEAR = re.compile(r"([+-]?)(" + _COEFFICIENT + r")?(?:\*|\\cdot)?(" + _VARIABLE.pattern + r")(?:/(" + _COEFFICIENT +
-                     r"))?(?:([+-])(" + _COEFFICIENT + r"))?")
-_FLIPPED = {"<": ">", ">": "<", "\\le": "\\ge", "\\ge": "\\le"}
+_LINEAR_SIDE = re.compile(r"([+-]?)(\d+(?:\.\d+)?|\\frac\{\d+\}\{\d+\}|\\frac\d\d)?(?:\\cdot|\*)?"
+                          r"(" + _VARIABLE.pattern + r")(?:/(\d+))?(?:([+-])(\d+(?:\.\d+)?))?")
+_MIRROR = {"(": ")", "[": "]", ")": "(", "]": "["}
 
 
-def _coefficient(text):
-    return Fraction(1) if not text else _parse_number(text).value
-
-
-def _linear_side(side):
-    """ "-2x+3" -> (-2, "x", 3): a side a*x + b with a known nonzero a and b (None otherwise)."""
-    match = _LINEAR.fullmatch(side)
+def _linear_side(text):
+    """(variable, a, b) when text is a*variable + b with rational a != 0, b: "-x", "2x", "3x-1", "x/2"."""
+    if _VARIABLE.fullmatch(text):
+        return text, Fraction(1), Fraction(0)
+    match = _LINEAR_SIDE.fullmatch(text)
     if not match:
         return None
-    sign, factor, variable, divisor, constant_sign, constant = match.groups()
-    slope = _coefficient(factor) / _coefficient(divisor) * (-1 if sign == "-" else 1)
-    offset = _coefficient(constant) * (-1 if constant_sign == "-" else 1) if constant else Fraction(0)
-    return (slope, variable, offset) if slope else None
+    sign, coefficient, variable, divisor, constant_sign, constant = match.groups()
+    scale = _parse_number(coefficient).value if coefficient else Fraction(1)
+    scale = (-scale if sign == "-" else scale) / (int(divisor) if divisor else 1)
+    offset = Fraction(constant or 0) * (-1 if constant_sign == "-" else 1)
+    return (variable, scale, offset) if scale else None
 
 
-def _solve_bound(bound, slope, offset):
-    """(bound - offset) / slope, as an exact number when the bound is one, else as an expression."""
+def _solved_bound(bound, scale, offset):
+    """(bound - offset) / scale as answer text: exact for numbers, else a \\frac for sympy to read."""
+    if scale == 1 and offset == 0:
+        return bound
+    if bound in ("\\infty", "-\\infty"):
+        return bound if scale > 0 else ("-\\infty" if bound == "\\infty" else "\\infty")
     number = _parse_number(bound)
-    if number is not None and number.resolution is None and isinstance(number.value, Fraction):
-        value = (number.value - offset) / slope
+    if number is not None and abs(number.value) != float("inf"):
+        value = (number.value - offset) / scale
         return str(value.numerator) if value.denominator == 1 else f"{value.numerator}/{value.denominator}"
-    shifted = f"({bound})-({offset.numerator}/{offset.denominator})" if offset else f"({bound})"
-    return f"({shifted})/({slope.numerator}/{slope.denominator})"
+    return f"\\frac{{({bound})-({_fraction_text(offset)})}}{{{_fraction_text(scale)}}}"
 
 
-def _normalize_linear_inequality(parts):
-    """ "-x > -1" -> ["x", "<", "1"], "2 < 4x \\le 6" -> ["1/2", "<", "x", "\\le", "3/2"]: a one-variable side a*x+b
-    with numbers a, b is solved for x (dividing by a < 0 flips the relations). None when nothing to do."""
-    if len(parts) == 3:
-        for index, other in ((0, 2), (2, 0)):
-            linear = _linear_side(parts[index])
-            if linear and not _VARIABLE.fullmatch(parts[index]) and not _VARIABLE.fullmatch(parts[other]):
-                slope, variable, offset = linear
-                relation = parts[1] if index == 0 else _FLIPPED[parts[1]]  # now "variable relation bound"
-                if slope < 0:
-                    relation = _FLIPPED[relation]
-                return [variable, relation, _solve_bound(parts[other], slope, offset)]
-    if len(parts) == 5 and not _VARIABLE.fullmatch(parts[2]):
-        linear = _linear_side(parts[2])
-        if linear:
-            slope, variable, offset = linear
-            low, high = _solve_bound(parts[0], slope, offset), _solve_bound(parts[4], slope, offset)
-            if slope > 0:
-                return [low, parts[1], variable, parts[3], high]
-            return [low, _FLIPPED[parts[1]], variable, _FLIPPED[parts[3]], high]  # "2 >= x > -1"
-    return None
+def _fraction_text(value):
+    return str(value.numerator) if value.denominator == 1 else f"\\frac{{{value.numerator}}}{{{value.denominator}}}"
+
+
+def _interval_in_variable(opening, low, high, closing, linear):
+    """The interval for a*x + b, turned into the interval for x (a < 0 turns it around)."""
+    variable, scale, offset = linear
+    low, high = _solved_bound(low, scale, offset), _solved_bound(high, scale, offset)
+    if scale < 0:
+        opening, low, high, closing = _MIRROR[closing], high, low, _MIRROR[opening]
+    return ("ordered", opening, closing, [("leaf", low), ("leaf", high)], variable)
 
 
 def _inequality_as_interval(leaf):
-    """ "x\\ge5" -> ("ordered", "[", ")", [5, \\infty], "x"); also "2x \\ge 10", "-x<-5" (solved for x first);
-    None when the leaf is not such an inequality."""
+    """ "x\\ge5" -> ("ordered", "[", ")", [5, \\infty], "x"); "-2x>-4" is "x<2"; None when the leaf is not
+    such an inequality in one variable."""
     parts = [part.strip() for part in _INEQUALITY.split(leaf)]
-    if len(parts) in (3, 5) and all(parts[0::2]):
-        parts = _normalize_linear_inequality(parts) or parts
     if len(parts) == 3:
         left, relation, right = parts
-        if _VARIABLE.fullmatch(left) and right:
-            variable, bound = left, right
-        elif _VARIABLE.fullmatch(right) and left:  # "5 < x" is "x > 5"
-            variable, bound = right, left
-            relation = {"<": ">", ">": "<", "\\le": "\\ge", "\\ge": "\\le"}[relation]
+        linear = _linear_side(left) if right else None
+        if linear:
+            bound = right
         else:
-            return None
+            linear = _linear_side(right) if left else None
+            if not linear:
+                return None
+            bound = left
+            relation = {"<": ">", ">": "<", "\\le": "\\ge", "\\ge": "\\le"}[relation]  # "5 < x" is "x > 5"
         if relation in _LOWER_THAN:
-            return ("ordered", "(", _LOWER_THAN[relation], [("leaf", "-\\infty"), ("leaf", bound)], variable)
-        return ("ordered", _GREATER_THAN[relation], ")", [("leaf", bound), ("leaf", "\\infty")], variable)
-    if len(parts) == 5 and _VARIABLE.fullmatch(parts[2]) and parts[0] and parts[4]:
-        low, first, variable, second, high = parts
+            return _interval_in_variable("(", "-\\infty", bound, _LOWER_THAN[relation], linear)
+        return _interval_in_variable(_GREATER_THAN[relation], bound, "\\infty", ")", linear)
+    linear = _linear_side(parts[2]) if len(parts) == 5 else None
+    if linear and parts[0] and parts[4]:
+        low, first, _, second, high = parts
         if first in _LOWER_THAN and second in _LOWER_THAN:  # "1 < x <= 3"
             opening = "(" if first == "<" else "["
-            return ("ordered", opening, _LOWER_THAN[second], [("leaf", low), ("leaf", high)], variable)
+            return _interval_in_variable(opening, low, high, _LOWER_THAN[second], linear)
         if first in _GREATER_THAN and second in _GREATER_THAN:  # "3 >= x > 1"
             closing = ")" if first == ">" else "]"
-            return ("ordered", _GREATER_THAN[second], closing, [("leaf", high), ("leaf", low)], variable)
+            return _interval_in_variable(_GREATER_THAN[second], high, low, closing, linear)
     return None
 
 
@@ -660,7 +664,7 @@ def _parse_structure(text, depth=0):
         raise _TooLarge("answer nested too deeply")
     text = text.strip().rstrip(".").strip()
     matrix = _MATRIX.fullmatch(text)
-    if matrix and "\\end{" not in matrix.group(2):  # one matrix, not an expression of several
+    if matrix and "\\begin{" not in matrix.group(2) and "\\end{" not in matrix.group(2):  # one matrix
         rows = [row for row in re.split(r"\\\\", matrix.group(2)) if row.strip()]
         return ("matrix", [[_parse_structure(cell, depth + 1) for cell in row.split("&")] for row in rows])
     parts, separators = _split_top_level(text)
@@ -692,7 +696,7 @@ def _parse_structure(text, depth=0):
 
 #### Comparison: the same code runs in the calling process (use_sympy=False) and in the workers
 
-_ASSIGNMENT = re.compile(r"((?:[a-zA-Z]|\\[a-zA-Z]+)(?:_\{?[a-zA-Z0-9]+\}?)?(?:\([a-zA-Z]\))?)=([^=]+)")
+_ASSIGNMENT = re.compile(r"(" + _LABEL + r")=([^=]+)")
 _CHOICE_LETTER = re.compile(r"\(?([A-E])\)?|\(([A-E])\)(?!.*\([A-E]\)).+")  # "(C) 25", but not "(A)(B)"
 _WORDS = re.compile(r"[a-zA-Z]{2,}")
 
@@ -710,107 +714,9 @@ def _compare_answers(prediction, gold, use_sympy):
     if max(_nesting_depth(prediction), _nesting_depth(gold)) > MAX_NESTING_DEPTH:
         return False
     try:
-        for one, other in ((prediction, gold), (gold, prediction)):
-            if "=" not in one and "\\approx" not in one:
-                continue
-            values = _chain(one, use_sympy)
-            if values is not None and len(_split_chain(other)[0]) == 1:  # the other is a plain value
-                return any(_structures_equal(_parse_structure(value), _parse_structure(other), use_sympy)
-                           for value in values)
-        first, second = _parse_structure(prediction), _parse_structure(gold)
-        if _structures_equal(first, second, use_sympy):
-            return True
-        if "matrix}" in prediction and "matrix}" in gold and "leaf" in (first[0], second[0]):
-            # matrix arithmetic ("2\\begin{pmatrix}1\\\\2\\end{pmatrix}") is one sympy expression
-            return _leaves_equal(_canonical(prediction), _canonical(gold), use_sympy)
-        return False
+        return _structures_equal(_parse_structure(prediction), _parse_structure(gold), use_sympy)
     except _TooLarge:
         return False
-
-
-# A label names the quantity an answer is about: x, x_1, f(x), P(A), |AB|, AB, \angle ABC, m\angle A,
-# \overline{AB}, a tuple of names (p,q), or a sum of names a+b. "2x" is not one (it is an equation's side).
-_NAME = r"(?:\\(?:angle|overline|vec)\s*\{?|m\\angle\s*)?(?:[a-zA-Z]|\\[a-zA-Z]+)+\}?(?:_\{[^{}=]*\}|_[a-zA-Z0-9])?'*(?:\([^()=]*\))?"
-_LABEL = re.compile(r"(?:" + _NAME + r"|\|" + _NAME + r"\||\(" + _NAME + r"(?:," + _NAME + r")+\)|" + _NAME +
-                    r"(?:[-+*]" + _NAME + r")+)")
-_CHAIN_RELATION = re.compile(r"=|\\approx(?![a-zA-Z])")
-
-
-def _split_chain(text):
-    """Split "a = b \\approx c" at its top-level = and \\approx: (["a", "b", "c"], ["=", "\\approx"])."""
-    parts, relations, depth, start, position = [], [], 0, 0, 0
-    while position < len(text):
-        char = text[position]
-        if char in "([{":
-            depth += 1
-        elif char in ")]}":
-            depth -= 1
-        elif depth == 0:
-            relation = _CHAIN_RELATION.match(text, position)
-            if relation and not (char == "=" and text[position - 1:position] in ("<", ">", "!")):
-                parts.append(text[start:position].strip())
-                relations.append(relation.group().strip())
-                start = position = relation.end()
-                continue
-        position += 1
-    parts.append(text[start:].strip())
-    return parts, relations
-
-
-def _chain(text, use_sympy):
-    """The values an answer states, when it is a labelled value or a chain of equal (or approximate) values:
-    "x = 3 + 8 = 11" -> ["3 + 8", "11"], "|AB| = 1" -> ["1"], "\\frac{\\sqrt3}{3} \\approx 0.577" -> both sides.
-    Every link must hold ("3 + 3 = 2" states nothing true: [], which matches nothing); a \\approx link needs its
-    decimal to be a correct rounding of the value before it. None when the text is not such an answer (no
-    relation, or an equation with unknowns such as "2x = 6", left to the rules for equations)."""
-    parts, relations = _split_chain(text)
-    if not relations or not all(parts):
-        return None
-    if _LABEL.fullmatch(_canonical(parts[0])):
-        parts, relations = parts[1:], relations[1:]
-    if not relations:
-        return parts
-    if any(_has_unknowns(part) for part in parts):
-        return None
-    for left, relation, right in zip(parts, relations, parts[1:]):
-        if relation == "=" and not _structures_equal(_parse_structure(left), _parse_structure(right), use_sympy):
-            return []
-        if relation != "=" and not _approximates(_canonical(left), _canonical(right), use_sympy):
-            return []
-    return parts
-
-
-def _has_unknowns(text):
-    """Letters other than e, i, command names and the index of a sum: "3 + 8" and "\\sum_{k=1}^{10} k" have
-    none, "2x" has."""
-    indices = set(re.findall(r"\\(?:sum|prod)\s*_\s*\{\s*([a-zA-Z])\s*=", text))
-    letters = re.findall(r"(?<![\\a-zA-Z])[a-df-hj-zA-Z]", re.sub(r"\\[a-zA-Z]+", " ", text))
-    return any(letter not in indices for letter in letters)
-
-
-def _approximates(exact, approximation, use_sympy):
-    """ "\\frac{\\sqrt3}{3} \\approx 0.577": the decimal is the exact value correctly rounded to its last
-    written digit (any number of digits). A non-decimal approximation must be within 1 %."""
-    number = _parse_number(approximation)
-    exact_number = _parse_number(exact)
-    if number is not None and exact_number is not None and isinstance(exact_number.value, Fraction) \
-            and isinstance(number.value, Fraction):
-        tolerance = number.resolution / 2 if number.resolution is not None else abs(exact_number.value) / 100
-        return abs(exact_number.value - number.value) <= tolerance
-    if not use_sympy:
-        raise _NeedsSympy
-    import sympy
-    try:
-        exact_value = _evaluate(_latex_to_sympy(exact), {}, _NUMERIC_DIGITS)
-        approximate_value = _evaluate(_latex_to_sympy(approximation), {}, _NUMERIC_DIGITS)
-    except Exception:
-        return False
-    if exact_value is None or approximate_value is None or sympy.im(exact_value) or sympy.im(approximate_value):
-        return False
-    if number is not None and number.resolution is not None:
-        half_unit = sympy.Rational(number.resolution.numerator, number.resolution.denominator) / 2
-        return abs(exact_value - approximate_value) <= half_unit
-    return abs(exact_value - approximate_value) <= abs(exact_value) / 100
 
 
 def _as_ordered(structure):
@@ -834,7 +740,7 @@ def _structures_equal(first, second, use_sympy):
         return all(_structures_equal(a, b, use_sympy) for a, b in zip(first[3], second[3]))
     if first[0] == "unordered" and second[0] == "unordered":
         first_items, second_items = first[2], second[2]
-        if "set" in (first[1], second[1]):  # a set is its distinct elements: {1,1,2} is {1,2}
+        if first[1] != "list" or second[1] != "list":  # a set is its distinct elements: {1,1,2} is {1,2}
             first_items, second_items = _distinct(first_items, use_sympy), _distinct(second_items, use_sympy)
         if len(first_items) != len(second_items):
             return False
@@ -845,6 +751,12 @@ def _structures_equal(first, second, use_sympy):
                 return False
             unmatched.remove(match)
         return True
+    if {first[0], second[0]} == {"matrix", "leaf"}:  # "\\begin{pmatrix}1\\\\2\\end{pmatrix}" against "2A" or a product
+        matrix, leaf = (first, second) if first[0] == "matrix" else (second, first)
+        if "\\begin{" not in leaf[1] or any(cell[0] != "leaf" for row in matrix[1] for cell in row):
+            return False
+        rows = "\\\\".join("&".join(cell[1] for cell in row) for row in matrix[1])
+        return _leaves_equal("\\begin{pmatrix}" + rows + "\\end{pmatrix}", leaf[1], use_sympy)
     if first[0] == "matrix" and second[0] == "matrix":
         if [len(row) for row in first[1]] != [len(row) for row in second[1]]:
             return False
@@ -853,18 +765,91 @@ def _structures_equal(first, second, use_sympy):
     return False
 
 
-def _top_level_equals(text):
-    """Whether text is an equation: an = outside all braces and brackets (not the k=1 of \\sum_{k=1})."""
-    return len(_split_chain(text)[0]) > 1 and "=" in _split_chain(text)[1]
-
-
 def _distinct(items, use_sympy):
-    """The items with repeats (equivalent to an earlier item) left out."""
-    kept = []
+    """The items without repeats (equal by our rules: "\\{1, 1.0, 2\\}" has two elements)."""
+    distinct = []
     for item in items:
-        if not any(_structures_equal(item, earlier, use_sympy) for earlier in kept):
-            kept.append(item)
-    return kept
+        if not any(_structures_equal(item, other, use_sympy) for other in distinct):
+            distinct.append(item)
+    return distinct
+
+
+
+
+def _split_chain(leaf):
+    """ "x=3+8=11" -> (["x", "3+8", "11"], ["=", "="]): cut at "=" and \\approx outside brackets."""
+    members, relations, depth, start = [], [], 0, 0
+    for match in re.finditer(r"[([{]|[)\]}]|=|\\approx ?", leaf):
+        token = match.group()
+        if token in "([{":
+            depth += 1
+        elif token in ")]}":
+            depth -= 1
+        elif depth == 0:
+            members.append(leaf[start:match.start()])
+            relations.append(token.strip())
+            start = match.end()
+    members.append(leaf[start:])
+    return members, relations
+
+
+def _is_equation(leaf):
+    """An "=" outside brackets: "x+y=1" is an equation, "\\sum_{k=1}^{n} k" is not."""
+    return "=" in _split_chain(leaf)[1]
+
+
+def _is_constant(text):
+    """No variable letters once LaTeX commands and the indices of series are removed: "3+\\frac{8}{2}" and
+    "\\sum_{k=1}^{10} k" are constant, "a+b" is not."""
+    for index in re.findall(r"\\(?:sum|prod)_\{([a-zA-Z])=", text):
+        text = re.sub(r"(?<!\\)\b" + index + r"\b|(?<=[\d}])" + index + r"(?![a-zA-Z])", "", text)
+    return not re.search(r"[a-zA-Z]", re.sub(r"\\[a-zA-Z]+", "", text))
+
+
+def _approximates(value, approximation, use_sympy):
+    """Whether the number `approximation` is `value` correctly rounded at its own last written digit."""
+    number = _parse_number(approximation)
+    if number is None or abs(number.value) == float("inf"):
+        return False
+    half_step = (number.resolution or Fraction(1)) / 2
+    exact = _parse_number(value)
+    if exact is not None and exact.resolution is None and abs(exact.value) != float("inf"):
+        return abs(exact.value - number.value) <= half_step
+    if not use_sympy:
+        raise _NeedsSympy
+    import sympy
+    evaluated = _evaluate(_latex_to_sympy(value), {}, _NUMERIC_DIGITS)
+    if evaluated is None or abs(sympy.im(evaluated)) > 0:
+        return False
+    return abs(sympy.re(evaluated) - sympy.Rational(number.value.numerator, number.value.denominator)) <= \
+        sympy.Rational(half_step.numerator, half_step.denominator)
+
+
+def _reduce_chain(leaf, use_sympy):
+    """A chain of equalities and approximations, reduced to the answer it states, or False when one of
+    its links is false. "x=3+8=11" -> "x=11"; "\\frac{\\sqrt3}{3}\\approx0.577" -> "\\frac{\\sqrt3}{3}" (the
+    exact value before the first approximation); "3+3=2" -> False. Other leaves come back unchanged."""
+    members, relations = _split_chain(leaf)
+    label = None
+    if len(members) > 1 and _ASSIGNMENT.fullmatch(members[0] + "=" + members[1].replace("=", "")):
+        label, members, relations = members[0], members[1:], relations[1:]
+    if label is not None and not relations:
+        return label + "=" + members[0]  # "x=5", or "x\\approx0.577": the value it states
+    if not relations or not all(members):
+        return leaf
+    if label is None and relations == ["="] and not all(map(_is_constant, members)):
+        return leaf  # an equation such as "x+y=1", not a chain
+    value = None
+    for index, relation in enumerate(relations):
+        if relation == "=":
+            holds = _leaves_equal(members[index], members[index + 1], use_sympy)
+        else:
+            holds = _approximates(members[index], members[index + 1], use_sympy)
+            value = members[index] if value is None else value
+        if not holds:
+            return False
+    value = members[-1] if value is None else value
+    return value if label is None else label + "=" + value
 
 
 def _choice_letter(leaf):
@@ -875,9 +860,7 @@ def _choice_letter(leaf):
 def _split_assignment(leaf):
     """("x", "5") for "x=5", ("f(x)", "2x") for "f(x)=2x"; None for anything else."""
     match = _ASSIGNMENT.fullmatch(leaf)
-    if not match or match.group(1).count("{") != match.group(1).count("}"):
-        return None  # "\\sum_{k=1}^{10} k": that = is inside the subscript
-    return (match.group(1), match.group(2))
+    return (match.group(1), match.group(2)) if match else None
 
 
 def _leaves_equal(first, second, use_sympy):
@@ -886,6 +869,12 @@ def _leaves_equal(first, second, use_sympy):
         return True
     if not first or not second:
         return False
+    if "=" in first + second or "\\approx" in first + second:
+        first, second = _reduce_chain(first, use_sympy), _reduce_chain(second, use_sympy)
+        if first is False or second is False:
+            return False
+        if first == second:
+            return True
     for one, other in ((first, second), (second, first)):  # multiple choice: the other side is "B"
         if re.fullmatch(r"[A-E]", other) and _choice_letter(one):
             return _choice_letter(one) == other
@@ -897,11 +886,12 @@ def _leaves_equal(first, second, use_sympy):
     first_assignment, second_assignment = _split_assignment(first), _split_assignment(second)
     if first_assignment and second_assignment and first_assignment[0] == second_assignment[0]:
         return _leaves_equal(_canonical(first_assignment[1]), _canonical(second_assignment[1]), use_sympy)
-    if first_assignment and not _top_level_equals(second):  # "x=5" == "5"
+    first_equation, second_equation = _is_equation(first), _is_equation(second)
+    if first_assignment and not second_equation:  # "x=5" == "5"
         return _leaves_equal(_canonical(first_assignment[1]), second, use_sympy)
-    if second_assignment and not _top_level_equals(first):
+    if second_assignment and not first_equation:
         return _leaves_equal(first, _canonical(second_assignment[1]), use_sympy)
-    if _top_level_equals(first) != _top_level_equals(second):
+    if first_equation != second_equation:
         return False
     if (_WORDS.fullmatch(first) and second_number) or (_WORDS.fullmatch(second) and first_number):
         return False
@@ -940,10 +930,8 @@ _RELATIONS = {"=": "=", "<": "<", ">": ">", "\\le": "\\le", "\\ge": "\\ge", "\\n
 _MULTIPLY = {"*", "\\cdot", "\\times"}
 _DIVIDE = {"/", "\\div"}
 _CLOSING = {"(": ")", "[": "]", "{": "}"}
-_ATOM_COMMANDS = {"\\frac", "\\sqrt", "\\binom", "\\pi", "\\infty", "\\lfloor", "\\lceil", "\\imath", "\\sum", "\\prod",
-                  "\\begin"}
-MAX_EXPLICIT_TERMS = 1000  # \sum and \prod with integer bounds this close are added up; wider ones are not
-MAX_MATRIX_CELLS = 100
+_ATOM_COMMANDS = {"\\frac", "\\sqrt", "\\binom", "\\pi", "\\infty", "\\lfloor", "\\lceil", "\\imath", "\\sum",
+                  "\\prod", "\\begin"}
 _SIMPLE_ATOM_COMMANDS = {"\\pi"} | {"\\" + name for name in _GREEK}
 _MIXED_NUMBER_IN_TEXT = re.compile(r"(?<![\w.}^_])(\d+)\\frac(?:\{(\d+)\}|(\d))(?:\{(\d+)\}|(\d))")
 
@@ -956,7 +944,8 @@ class _Tokens:
                        if match.lastgroup != "space"]
         self.position = 0
         self.depth = 0
-        self.indices = set()  # index variables of the sums being parsed: there i and e are not constants
+        self.bindings = {}  # index of a \sum or \prod being evaluated -> its current value
+        self.series_terms = 0
 
     def peek(self):
         return self.tokens[self.position] if self.position < len(self.tokens) else ("end", "")
@@ -1119,8 +1108,8 @@ def _parse_symbol(name, tokens):
         else:
             subscript = [tokens.take_single_character()[1]]
         return sympy.Symbol(name + "_" + "".join(subscript))
-    if name in tokens.indices:
-        return sympy.Symbol(name)
+    if name in tokens.bindings:
+        return tokens.bindings[name]
     if name == "e":
         return sympy.E
     if name == "i":
@@ -1171,6 +1160,10 @@ def _parse_command(name, tokens):
         if (n.is_Number and abs(n) > 10 * MAX_FACTORIAL) or (k.is_Number and abs(k) > 10 * MAX_FACTORIAL):
             raise _TooLarge("binomial too large")
         return sympy.binomial(n, k)
+    if name in ("sum", "prod"):
+        return _parse_series(name, tokens)
+    if name == "begin":
+        return _parse_matrix(tokens)
     if name == "pi":
         return sympy.pi
     if name == "infty":
@@ -1185,79 +1178,98 @@ def _parse_command(name, tokens):
         inner = _parse_expression(tokens)
         tokens.expect("\\rfloor" if name == "lfloor" else "\\rceil")
         return sympy.floor(inner) if name == "lfloor" else sympy.ceiling(inner)
-    if name in ("sum", "prod"):
-        return _parse_big_operator(name, tokens)
-    if name == "begin":
-        return _parse_matrix(tokens)
     raise _ParseError(f"unsupported command \\{name}")
 
 
-def _parse_big_operator(name, tokens):
-    """\\sum_{k=1}^{10} k^2 and \\prod_{k=1}^{5} k: added (multiplied) out when both bounds are integers at most
-    MAX_EXPLICIT_TERMS apart; otherwise kept as an unevaluated sympy Sum/Product, which only equals the same
-    Sum/Product (compared structurally, never evaluated: \\sum_{k=1}^{10^9} must not hang the grader)."""
+def _parse_series(name, tokens):
+    """\\sum_{k=1}^{n} body and \\prod: evaluated term by term when the bounds are integers and there are
+    at most MAX_SERIES_TERMS terms (the body is parsed again for each value, so the size guards see
+    numbers); otherwise kept unevaluated, as Sum(body, low, high) with a canonical index, so that it
+    equals only the same series."""
     import sympy
-    tokens.expect("_")
-    tokens.expect("{")
-    kind, index_name = tokens.take()
-    if kind not in ("letter", "command"):
-        raise _ParseError("a sum needs an index variable")
-    index = sympy.Symbol(index_name.lstrip("\\"))
-    tokens.expect("=")
-    lower = _parse_expression(tokens)
-    tokens.expect("}")
-    tokens.expect("^")
-    upper = _parse_argument(tokens)
-    bound_before = set(tokens.indices)
-    tokens.indices.add(index.name)
-    if tokens.peek()[1] in ("(", "{", "["):
-        body = _parse_atom(tokens)
-    else:  # "\sum_{k=1}^{n} 2k" sums 2k; it stops at + and -
-        body = _parse_power(tokens)
-        while _starts_factor(tokens.peek()):
-            body = body * _parse_power(tokens)
-    tokens.indices = bound_before
-    if lower.is_Integer and upper.is_Integer and 0 <= upper - lower < MAX_EXPLICIT_TERMS:
-        terms = [body.subs(index, value) for value in range(int(lower), int(upper) + 1)]
-        return sympy.Add(*terms) if name == "sum" else sympy.Mul(*terms)
-    if lower.is_Integer and upper.is_Integer and upper < lower:
-        return sympy.Integer(0 if name == "sum" else 1)  # the empty sum and product
-    return (sympy.Sum if name == "sum" else sympy.Product)(body, (index, lower, upper))
+    low = high = None
+    while tokens.peek()[1] in ("_", "^"):
+        if tokens.take()[1] == "^":
+            high = _parse_argument(tokens)
+            continue
+        tokens.expect("{")
+        kind, index = tokens.take()
+        if kind not in ("letter", "command"):
+            raise _ParseError("a series needs an index")
+        index = index.lstrip("\\")
+        tokens.expect("=")
+        low = _parse_expression(tokens)
+        tokens.expect("}")
+    if low is None or high is None:
+        raise _ParseError("a series needs both bounds")
+    start, saved = tokens.position, list(tokens.tokens)
+    symbolic = _parse_series_body(tokens)
+    end = tokens.position
+    count = high - low + 1 if low.is_Integer and high.is_Integer else None
+    if count is None or tokens.series_terms + max(count, 0) > MAX_SERIES_TERMS:
+        dummy = sympy.Symbol("_series_index")
+        return sympy.Function("Sum" if name == "sum" else "Product")(
+            symbolic.subs(sympy.Symbol(index), dummy), low, high)
+    value, outer = sympy.Integer(0 if name == "sum" else 1), tokens.bindings.get(index)
+    for term_index in range(int(low), int(high) + 1):
+        tokens.tokens[start:end] = saved[start:end]  # single-character arguments split tokens in place
+        tokens.position = start
+        tokens.bindings[index] = sympy.Integer(term_index)
+        term = _parse_series_body(tokens)
+        value = value + term if name == "sum" else value * term
+        if value.is_Rational and max(abs(value.p), value.q).bit_length() > MAX_POWER_BITS:
+            raise _TooLarge("series too large")
+    tokens.bindings.pop(index)
+    if outer is not None:
+        tokens.bindings[index] = outer
+    tokens.position = end
+    return value
+
+
+def _parse_series_body(tokens):
+    """The body of a series: up to the next + or - outside brackets. Every parse of a body, nested ones
+    included, spends one of MAX_SERIES_TERMS, so nested series cannot multiply the work."""
+    tokens.series_terms += 1
+    if tokens.series_terms > MAX_SERIES_TERMS:
+        raise _TooLarge("series too large")
+    return _parse_term(tokens)
 
 
 def _parse_matrix(tokens):
-    """\\begin{pmatrix} a & b \\\\ c & d \\end{pmatrix} (any matrix environment) as a sympy Matrix, so that
-    matrix arithmetic ("2\\begin{pmatrix}1\\\\2\\end{pmatrix}", sums, products) evaluates."""
+    """\\begin{pmatrix} a & b \\\\ c & d \\end{pmatrix} (any matrix environment) as a sympy matrix, for
+    matrix arithmetic: "2\\begin{pmatrix}1\\\\2\\end{pmatrix}", products, sums, small integer powers."""
     import sympy
-    def environment():
-        tokens.expect("{")
-        letters = []
-        while tokens.peek()[1] not in ("}", ""):
-            letters.append(tokens.take()[1])
-        tokens.expect("}")
-        return "".join(letters)
-    name = environment()
-    if not name.endswith("matrix"):
-        raise _ParseError(f"unsupported environment {name}")
+    tokens.expect("{")
+    environment = []
+    while tokens.peek()[1] not in ("}", ""):
+        environment.append(tokens.take()[1])
+    tokens.expect("}")
+    environment = "".join(environment)
+    if tokens.peek()[1] == "{" and environment == "array":  # column layout such as {cc}
+        while tokens.take()[1] not in ("}", ""):
+            pass
     rows, row = [], []
     while True:
         row.append(_parse_expression(tokens))
-        if len(rows) * max(len(row), 1) + len(row) > MAX_MATRIX_CELLS:
-            raise _TooLarge("matrix too large")
         separator = tokens.take()[1]
         if separator == "&":
             continue
         if separator in ("\\\\", "\\end"):
             rows.append(row)
             row = []
-            if separator == "\\end" or tokens.peek()[1] == "\\end":
-                if separator == "\\\\":
-                    tokens.take()
+            if separator == "\\\\" and tokens.peek()[1] == "\\end":
+                tokens.take()
+                separator = "\\end"
+            if separator == "\\end":
                 break
             continue
         raise _ParseError(f"unexpected {separator!r} in a matrix")
-    if environment() != name or len({len(r) for r in rows}) != 1:
-        raise _ParseError("malformed matrix")
+    tokens.expect("{")
+    while tokens.peek()[1] not in ("}", ""):
+        tokens.take()
+    tokens.expect("}")
+    if len({len(cells) for cells in rows}) != 1 or len(rows) * len(rows[0]) > MAX_MATRIX_ENTRIES:
+        raise _TooLarge("matrix too large or ragged")
     return sympy.ImmutableMatrix(rows)
 
 
@@ -1288,9 +1300,11 @@ def _parse_function(name, tokens):
 
 def _guarded_power(base, exponent):
     import sympy
-    if isinstance(base, sympy.MatrixBase) or isinstance(exponent, sympy.MatrixBase):
-        if isinstance(exponent, sympy.MatrixBase) or not (exponent.is_Integer and abs(exponent) <= 64):
-            raise _TooLarge("matrix power")
+    if isinstance(base, sympy.MatrixBase):  # A^T, A^{-1}, A^3 on small matrices
+        if exponent == sympy.Symbol("T"):
+            return base.T
+        if not exponent.is_Integer or abs(exponent) > MAX_MATRIX_POWER:
+            raise _TooLarge("matrix power too large")
         return base ** int(exponent)
     if base.is_Number and exponent.is_Number and base.is_finite and exponent.is_finite:
         trivial_base = base.is_Integer and abs(base) <= 1  # 1^{10^9} is just 1
@@ -1344,7 +1358,12 @@ def _close(first, second):
 
 
 def _sympy_leaves_equal(first, second):
+    import sympy
     first_value, second_value = _latex_to_sympy(first), _latex_to_sympy(second)
+    first_matrix, second_matrix = (isinstance(value, sympy.MatrixBase) for value in (first_value, second_value))
+    if first_matrix or second_matrix:
+        return (first_matrix and second_matrix and first_value.shape == second_value.shape
+                and all(_expressions_equal(a, b) for a, b in zip(first_value, second_value)))
     first_relation, second_relation = isinstance(first_value, tuple), isinstance(second_value, tuple)
     if first_relation or second_relation:
         return first_relation and second_relation and _relations_equal(first_value, second_value)
@@ -1370,12 +1389,6 @@ def _expressions_equal(first, second):
     import sympy
     if first == second:
         return True
-    if isinstance(first, sympy.MatrixBase) or isinstance(second, sympy.MatrixBase):
-        return (isinstance(first, sympy.MatrixBase) and isinstance(second, sympy.MatrixBase)
-                and first.shape == second.shape
-                and all(_expressions_equal(a, b) for a, b in zip(list(first), list(second))))
-    if any(value.has(sympy.Sum, sympy.Product) for value in (first, second)):
-        return False  # an unbounded or huge sum: only the identical sum (first == second above) is equal
     if any(value.has(sympy.oo, -sympy.oo, sympy.zoo, sympy.nan) for value in (first, second)):
         return False  # infinities are only equal to themselves, checked just above
     difference = first - second
