@@ -46,22 +46,42 @@ tests/test_code_reward.py)
      (/tmp, /dev/shm), cannot touch the grader's files, and cannot signal or inspect (ptrace) the grader.
   4. Only then does it run the program: for stdio, as __main__ with the case on stdin; for asserts, the
      program (with __name__ "__solution__", so an `if __name__ == "__main__":` block does not run),
-     then the setup, then each assert under its own timer (timeout_s, SIGALRM).
+     after which it only answers the grader's requests (stdin stays empty for the program).
   5. This process reads stdout and stderr with a cap (output_bytes; the whole process group is killed
      on overflow), enforces the wall-clock limit (killpg SIGKILL), and always kills the process group
      at the end; then it removes the directory.
-  6. Success cannot be faked by exiting early: in assert mode the harness reports its result on a
-     separate pipe (not stdout) only after all tests ran, as one JSON record that must carry a random
-     token the grader made for this run. sys.exit(0), os._exit(0), a crash or a kill before that
-     record means no test passed. SystemExit raised inside an assert is a failed assert. (In stdio mode
-     there is nothing to fake: the grader compares the output itself.)
+
+How a verdict is decided (assert and function_check specs)
+  - The grader decides, in its own interpreter. Each test's code (an MBPP assert, test_setup_code,
+    HumanEval's check(candidate)) runs HERE, with the program's functions replaced by proxies: a proxy
+    sends (function name, arguments) on a request pipe, the harness calls the function and writes back
+    the return value, and the proxy returns the decoded value. So `assert f(x) == [1, 2]`,
+    math.isclose, set(...) ==, `is True`, HumanEval's tolerances and find_zero's property checks work
+    unchanged, and every comparison sees only values this interpreter built.
+  - Values cross the boundary only through a strict codec (CODEC below): exact built-in types checked
+    with `type(x) is` (None, bool, int, float, complex, str, bytes, list, tuple, dict, set, frozenset;
+    Counter/OrderedDict/defaultdict arrive as the plain dict), a depth cap, a size cap. Anything else
+    (a subclass of int or str, an object with its own __eq__, a generator) fails the test. An answer is
+    framed with a length, this run's random token and the request's number; a mangled, nested or
+    out-of-order answer ends the run (no exception reaches the caller). A forged answer can only ever
+    be a value, compared with expectations that never enter the sandbox.
+  - Deadlines are measured here: each test gets timeout_s from when it starts; an answer that is late
+    kills the run (its remaining tests fail; with partial credit the earlier verdicts stand). Ignoring
+    SIGALRM or catching exceptions in the program cannot extend a test.
+  - Still in the program's interpreter (counted per response as in_process_tests): the tests that the
+    spec's reference solution ("reference"; data/problems.py carries MBPP's code and HumanEval's
+    canonical_solution) fails when decided here, found by one reference run per spec, cached (tests that
+    check a mutated argument, take a type or a class instance, use sys.getsizeof); and, for specs
+    without a reference, tests whose own arguments are not plain values (a lambda). Those run as before:
+    the program's in-process hacks (rigged __eq__, settrace, patched builtins) can reach them. On the
+    reference solutions that is 0 of 164 HumanEval tests and 15 of 2922 MBPP tests.
+  - A program's function may take a builtin's name in the test (MBPP 126 defines `sum`) only where the
+    reference (or the entry point) defines that name: else `sorted`/`len` in the test stay Python's.
+  - The dataset's test code is trusted (like the expected values): it runs in the grader's process.
 
 What is NOT isolated (know these before training on untrusted programs)
-  - The asserts and the harness run in the program's own interpreter (as in human-eval and every
-    in-process assert grader): a program that deliberately inspects the harness's memory (frames, gc)
-    can find the asserts and the token and forge the result record, or return objects whose __eq__ is
-    always True. The pipe and token stop accidents and the cheap hacks (exiting early, printing
-    "passed"), not a program written to attack this harness. Read samples of high-reward responses.
+  - The in-process tests above (in_process_tests) run in the program's interpreter: there a program
+    that inspects the harness can forge their verdicts.
   - Files readable by everyone stay readable (the sandbox uid can read world-readable files, say a
     dataset with the reference solutions): keep such files in a directory that is not world-readable.
     World-writable directories (/tmp, /dev/shm) are writable by the sandbox uid and files left there
