@@ -46,22 +46,42 @@ tests/test_code_reward.py)
      (/tmp, /dev/shm), cannot touch the grader's files, and cannot signal or inspect (ptrace) the grader.
   4. Only then does it run the program: for stdio, as __main__ with the case on stdin; for asserts, the
      program (with __name__ "__solution__", so an `if __name__ == "__main__":` block does not run),
-     then the setup, then each assert under its own timer (timeout_s, SIGALRM).
+     after which it only answers the grader's requests (stdin stays empty for the program).
   5. This process reads stdout and stderr with a cap (output_bytes; the whole process group is killed
      on overflow), enforces the wall-clock limit (killpg SIGKILL), and always kills the process group
      at the end; then it removes the directory.
-  6. Success cannot be faked by exiting early: in assert mode the harness reports its result on a
-     separate pipe (not stdout) only after all tests ran, as one JSON record that must carry a random
-     token the grader made for this run. sys.exit(0), os._exit(0), a crash or a kill before that
-     record means no test passed. SystemExit raised inside an assert is a failed assert. (In stdio mode
-     there is nothing to fake: the grader compares the output itself.)
+
+How a verdict is decided (assert and function_check specs)
+  - The grader decides, in its own interpreter. Each test's code (an MBPP assert, test_setup_code,
+    HumanEval's check(candidate)) runs HERE, with the program's functions replaced by proxies: a proxy
+    sends (function name, arguments) on a request pipe, the harness calls the function and writes back
+    the return value, and the proxy returns the decoded value. So `assert f(x) == [1, 2]`,
+    math.isclose, set(...) ==, `is True`, HumanEval's tolerances and find_zero's property checks work
+    unchanged, and every comparison sees only values this interpreter built.
+  - Values cross the boundary only through a strict codec (CODEC below): exact built-in types checked
+    with `type(x) is` (None, bool, int, float, complex, str, bytes, list, tuple, dict, set, frozenset;
+    Counter/OrderedDict/defaultdict arrive as the plain dict), a depth cap, a size cap. Anything else
+    (a subclass of int or str, an object with its own __eq__, a generator) fails the test. An answer is
+    framed with a length, this run's random token and the request's number; a mangled, nested or
+    out-of-order answer ends the run (no exception reaches the caller). A forged answer can only ever
+    be a value, compared with expectations that never enter the sandbox.
+  - Deadlines are measured here: each test gets timeout_s from when it starts; an answer that is late
+    kills the run (its remaining tests fail; with partial credit the earlier verdicts stand). Ignoring
+    SIGALRM or catching exceptions in the program cannot extend a test.
+  - Still in the program's interpreter (counted per response as in_process_tests): the tests that the
+    spec's reference solution ("reference"; data/problems.py carries MBPP's code and HumanEval's
+    canonical_solution) fails when decided here, found by one reference run per spec, cached (tests that
+    check a mutated argument, take a type or a class instance, use sys.getsizeof); and, for specs
+    without a reference, tests whose own arguments are not plain values (a lambda). Those run as before:
+    the program's in-process hacks (rigged __eq__, settrace, patched builtins) can reach them. On the
+    reference solutions that is 0 of 164 HumanEval tests and 15 of 2922 MBPP tests.
+  - A program's function may take a builtin's name in the test (MBPP 126 defines `sum`) only where the
+    reference (or the entry point) defines that name: else `sorted`/`len` in the test stay Python's.
+  - The dataset's test code is trusted (like the expected values): it runs in the grader's process.
 
 What is NOT isolated (know these before training on untrusted programs)
-  - The asserts and the harness run in the program's own interpreter (as in human-eval and every
-    in-process assert grader): a program that deliberately inspects the harness's memory (frames, gc)
-    can find the asserts and the token and forge the result record, or return objects whose __eq__ is
-    always True. The pipe and token stop accidents and the cheap hacks (exiting early, printing
-    "passed"), not a program written to attack this harness. Read samples of high-reward responses.
+  - The in-process tests above (in_process_tests) run in the program's interpreter: there a program
+    that inspects the harness can forge their verdicts.
   - Files readable by everyone stay readable (the sandbox uid can read world-readable files, say a
     dataset with the reference solutions): keep such files in a directory that is not world-readable.
     World-writable directories (/tmp, /dev/shm) are writable by the sandbox uid and files left there
@@ -84,7 +104,11 @@ child processes and waits for them, so the work happens in the children.
 """
 
 import argparse
+import ast
+import builtins
 import functools
+import hashlib
+import importlib
 import json
 import math
 import os
@@ -139,6 +163,68 @@ def extract_code(response):
     return last
 
 
+#### Plain values across the sandbox's boundary
+#
+# A program's return value reaches the grader only as JSON data in this encoding, and the grader accepts
+# only these exact built-in types (checked with `type(x) is`, so no subclass of int or str, no object with
+# its own __eq__, no generator), nested at most a fixed depth. The same source runs on both sides: the
+# harness encodes return values and decodes arguments, the grader encodes arguments and decodes returns.
+
+VALUE_DEPTH = 64  # the deepest return value the grader accepts
+ARGUMENT_DEPTH = 128  # arguments may be deeper, so that a returned value passed on to another call still fits
+ANSWER_BYTES = 8 << 20  # the largest answer message the grader reads
+
+CODEC = r'''
+import collections
+
+
+def encode_value(value, depth):
+    """JSON data for a plain built-in value (TypeError or ValueError for anything else). The dicts of
+    collections (Counter, OrderedDict, defaultdict) are sent as the plain dict they compare equal to."""
+    if depth < 0:
+        raise ValueError("nested too deeply")
+    kind = type(value)
+    if value is None or kind is bool or kind is str or kind is float:
+        return value
+    if kind is int:  # big ints in hex: JSON digits are capped (sys.get_int_max_str_digits), hex is not
+        return value if -(1 << 53) < value < (1 << 53) else {"i": hex(value)}
+    if kind is complex:
+        return {"c": [value.real, value.imag]}
+    if kind is bytes:
+        return {"b": value.hex()}
+    if kind is dict or kind in (collections.Counter, collections.OrderedDict, collections.defaultdict):
+        return {"d": [[encode_value(key, depth - 1), encode_value(item, depth - 1)] for key, item in value.items()]}
+    for tag, container in (("l", list), ("t", tuple), ("s", set), ("f", frozenset)):
+        if kind is container:
+            return {tag: [encode_value(item, depth - 1) for item in value]}
+    raise TypeError("not a plain built-in value")
+
+
+def decode_value(data, depth):
+    """The value that encode_value encoded; ValueError (or TypeError) for anything else."""
+    if depth < 0:
+        raise ValueError("nested too deeply")
+    kind = type(data)
+    if data is None or kind is bool or kind is int or kind is float or kind is str:
+        return data
+    if kind is dict and len(data) == 1:
+        [(tag, inner)] = data.items()
+        if tag == "i" and type(inner) is str:
+            return int(inner, 16)
+        if tag == "b" and type(inner) is str:
+            return bytes.fromhex(inner)
+        if tag == "c" and type(inner) is list and len(inner) == 2 and all(type(p) in (int, float) for p in inner):
+            return complex(inner[0], inner[1])
+        if tag == "d" and type(inner) is list and all(type(pair) is list and len(pair) == 2 for pair in inner):
+            return {decode_value(key, depth - 1): decode_value(item, depth - 1) for key, item in inner}
+        containers = {"l": list, "t": tuple, "s": set, "f": frozenset}
+        if tag in containers and type(inner) is list:
+            return containers[tag](decode_value(item, depth - 1) for item in inner)
+    raise ValueError("not an encoded plain value")
+'''
+exec(CODEC)  # defines encode_value and decode_value here, in the grader, from the source the harness runs
+
+
 #### The harness: our code, the first thing that runs inside the sandbox
 #
 # `python -I -c HARNESS CONFIG_JSON`. CONFIG_JSON holds the limits, the uid to drop to and the mode,
@@ -154,7 +240,6 @@ if config["uid"] is not None:
     os.setgroups([])
     os.setgid(config["uid"])
     os.setuid(config["uid"])
-payload = json.loads(sys.stdin.buffer.read()) if config["mode"] == "assert" else None
 with open("solution.py") as file:
     program = file.read()
 
@@ -189,43 +274,77 @@ if config["mode"] == "stdio":
     exec(compile(program, "solution.py", "exec"), {"__name__": "__main__", "__builtins__": __builtins__})
     sys.exit(0)
 
-class TestTimeout(BaseException):  # not an Exception: a program's `except Exception` does not swallow it
-    pass
-def on_alarm(signal_number, frame):
-    raise TestTimeout()
-signal.signal(signal.SIGALRM, on_alarm)
-def run(code, namespace):
-    """(passed, timed_out) of one piece of code under its own timer."""
-    signal.setitimer(signal.ITIMER_REAL, config["timeout_s"])
+# Assert mode: a conversation. The grader sends requests on request_fd and reads one answer per request
+# on result_fd, each a JSON message framed as b"<length>\n<bytes>". The tests themselves stay in the
+# grader: this side only runs the program, calls its functions and sends back plain values.
+''' + CODEC + r'''
+def read_message():
+    header = b""
+    while not header.endswith(b"\n"):
+        byte = os.read(config["request_fd"], 1)
+        if not byte:
+            return None
+        header += byte
+    size, data = int(header), b""
+    while len(data) < size:
+        chunk = os.read(config["request_fd"], size - len(data))
+        if not chunk:
+            return None
+        data += chunk
+    return json.loads(data)
+def send(message):
+    message.update(token=start["token"], seq=request["seq"])
+    data = json.dumps(message).encode()
+    data = b"%d\n" % len(data) + data
+    while data:
+        data = data[os.write(config["result_fd"], data):]
+def run(code, name):
     try:
-        exec(code, namespace)
-        return True, False
-    except TestTimeout:
-        return False, True
+        exec(compile(code, name, "exec"), namespace)
+        return True
     except BaseException:  # SystemExit too: exiting is not passing
-        return False, False
-    finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
+        return False
+def name_of_error(error):
+    try:
+        return str(type(error).__name__)
+    except BaseException:
+        return "Exception"
+request = start = read_message()
 namespace = {"__name__": "__solution__", "__builtins__": __builtins__}
-passed, timed_out = [], []
-ready, late = run(compile(program, "solution.py", "exec"), namespace)  # a program that fails to run
-if ready:                                                               # (or exits) passes nothing
-    ready, late = run(compile(payload["setup"], "setup.py", "exec"), namespace)
-timed_out.append(late)
-for test in payload["asserts"]:
-    if not ready or (config["stop_at_first_failure"] and False in passed):
-        passed.append(False)
+loaded = run(program, "solution.py")  # a program that fails to run (or exits) passes nothing
+callables = []
+for name in start["names"]:
+    try:
+        if callable(namespace[name]):
+            callables.append(name)
+    except BaseException:
+        pass
+send({"loaded": loaded, "callables": callables})
+while True:
+    request = read_message()
+    if request is None:
+        break
+    if request["op"] == "exec":  # a test that must run in the program's interpreter (see the docstring)
+        send({"passed": run(request["code"], "test.py")})
         continue
-    ok, late = run(compile(test, "test.py", "exec"), namespace)
-    passed.append(ok)
-    timed_out.append(late)
+    try:
+        function = namespace[request["name"]]
+        value = function(*decode_value(request["args"], config["argument_depth"]),
+                         **decode_value(request["kwargs"], config["argument_depth"]))
+    except BaseException as error:
+        send({"raised": name_of_error(error)})
+        continue
+    try:
+        encoded = encode_value(value, config["value_depth"])
+    except BaseException:  # not a plain built-in value: the grader counts the test as failed
+        send({"unserializable": True})
+        continue
+    send({"value": encoded})
 for stream in (sys.stdout, sys.stderr):  # os._exit below does not flush what the program printed
     try:
         stream.flush()
     except BaseException:
         pass
-record = json.dumps({"token": payload["token"], "passed": passed, "timed_out": any(timed_out)}).encode()
-os.write(config["result_fd"], record)
 os._exit(0)  # no atexit handlers, no waiting for the program's threads
 '''
 
@@ -388,16 +507,22 @@ def _remove_directory(directory):
 
 def _run_sandboxed(*, program, mode, tests=None, stdin="", python, unshare_prefix, uid, timeout_s, memory_mb,
                    output_bytes, max_open_files, max_processes, max_file_bytes, python_guard,
-                   stop_at_first_failure, setup_line=""):
+                   stop_at_first_failure, setup_line="", plan=None):
     """Run one program once. mode "stdio": `stdin` is its input; mode "assert": `tests` is
-    {"setup", "asserts"}. Returns {"stdout", "stderr", "returncode", "passed" (assert mode: a bool per
-    assert, all False when no valid result record came), "timed_out", "output_overflow", "seconds"}."""
+    {"setup", "asserts"} and `plan` (see _test_plan) says how each test is decided; without a plan every
+    test runs in the program's interpreter (the sandbox probe). Returns {"stdout", "stderr", "returncode",
+    "passed" (assert mode: a bool per assert), "timed_out", "output_overflow", "seconds", "in_process_tests"}."""
     count = len(tests["asserts"]) if mode == "assert" else 1
     wall_s = STARTUP_ALLOWANCE_S + timeout_s * (count + (2 if mode == "assert" else 0))  # + program, setup
+    if mode == "assert" and plan is None:
+        plan = {"setup": setup_line + tests["setup"], "asserts": list(tests["asserts"]), "names": [],
+                "in_process": set(range(count)), "may_fall_back": False}
     directory = tempfile.mkdtemp(prefix="zerorl-sandbox-")
     token = secrets.token_hex(16)
     result_read, result_write = os.pipe()
+    request_read, request_write = os.pipe() if mode == "assert" else (None, None)
     process, timed_out, overflow = None, False, False
+    verdict = {"passed": [False] * count, "in_process_tests": 0}
     try:
         with open(os.path.join(directory, "solution.py"), "w") as file:
             file.write(program)
@@ -408,21 +533,29 @@ def _run_sandboxed(*, program, mode, tests=None, stdin="", python, unshare_prefi
         processes_limit = max_processes if uid is not None or os.geteuid() == 0 else \
             _processes_of_this_user() + max_processes
         config = {"mode": mode, "uid": uid, "guard": python_guard, "timeout_s": timeout_s, "result_fd": result_write,
-                  "stop_at_first_failure": stop_at_first_failure,
+                  "request_fd": request_read, "value_depth": VALUE_DEPTH, "argument_depth": ARGUMENT_DEPTH,
                   "rlimits": {"RLIMIT_CPU": math.ceil(wall_s), "RLIMIT_AS": memory_mb << 20,
                               "RLIMIT_FSIZE": max_file_bytes, "RLIMIT_NOFILE": max_open_files,
                               "RLIMIT_NPROC": processes_limit, "RLIMIT_CORE": 0}}
-        if mode == "assert":
-            stdin = json.dumps({"token": token, "setup": setup_line + tests["setup"], "asserts": tests["asserts"]})
         command = list(unshare_prefix) + [python, "-I", "-c", HARNESS, json.dumps(config)]
         start = time.monotonic()
         process = subprocess.Popen(command, cwd=directory, env=_sandbox_environment(directory),
                                    stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                   pass_fds=(result_write,), start_new_session=True)
+                                   pass_fds=(result_write,) + ((request_read,) if mode == "assert" else ()),
+                                   start_new_session=True)
         os.close(result_write)
         result_write = None
-        outputs, overflow, timed_out = _communicate(process, stdin.encode(), result_read, start + wall_s,
-                                                    output_bytes)
+        if mode == "stdio":
+            outputs, overflow, timed_out = _communicate(process, stdin.encode(), result_read, start + wall_s,
+                                                        output_bytes)
+        else:
+            os.close(request_read)
+            request_read = None
+            process.stdin.close()  # the program finds stdin empty; requests come on their own pipe
+            channel = _open_channel(process, request_write, result_read, token, output_bytes, start + wall_s)
+            verdict = _decide_tests(channel, plan, timeout_s=timeout_s, stop_at_first_failure=stop_at_first_failure)
+            outputs, overflow, timed_out = _close_channel(channel)
+            request_write = None
     finally:
         if process is not None:
             try:  # always: whatever the program left running in its process group dies with it
@@ -432,23 +565,15 @@ def _run_sandboxed(*, program, mode, tests=None, stdin="", python, unshare_prefi
             process.wait()
             if uid is not None and (timed_out or overflow):
                 _wait_until_no_process_of(uid)  # killed: the next program of this uid starts from zero
-        for fd in (result_read, result_write):
+        for fd in (result_read, result_write, request_read, request_write):
             if fd is not None:
                 os.close(fd)
         _remove_directory(directory)
     seconds = time.monotonic() - start
-    passed = [False] * count
-    if mode == "assert" and not overflow:
-        try:
-            record = json.loads(outputs["result"])
-            if record["token"] == token and len(record["passed"]) == count:
-                passed = [value is True for value in record["passed"]]
-                timed_out = timed_out or bool(record["timed_out"])
-        except (ValueError, KeyError, TypeError):
-            pass  # no record (the program exited early or was killed) or a mangled one: nothing passed
     return {"stdout": outputs["stdout"].decode("utf-8", errors="replace"),
             "stderr": outputs["stderr"].decode("utf-8", errors="replace"), "returncode": process.returncode,
-            "passed": passed, "timed_out": timed_out, "output_overflow": overflow, "seconds": seconds}
+            "passed": verdict["passed"], "timed_out": timed_out, "output_overflow": overflow, "seconds": seconds,
+            "in_process_tests": verdict["in_process_tests"]}
 
 
 def _communicate(process, stdin_bytes, result_read, deadline, output_bytes):
@@ -499,6 +624,326 @@ def _communicate(process, stdin_bytes, result_read, deadline, output_bytes):
     return {name: bytes(value) for name, value in outputs.items()}, overflow, timed_out
 
 
+#### The conversation with a running program (assert mode)
+#
+# One request at a time: the grader writes a request, then reads stdout, stderr and the answer pipe
+# until the answer with this run's token and this request's number has come, the request's deadline
+# passes, the output passes its cap, or the program closes the pipe. Every one of those but the answer
+# ends the run (_RunOver): the program is killed and its remaining tests fail.
+
+class _RunOver(Exception):
+    """The sandboxed run ended before answering: "timeout", "overflow", "malformed" or "ended"."""
+
+
+def _open_channel(process, request_write, result_read, token, output_bytes, wall_deadline):
+    os.set_blocking(request_write, False)
+    selector = selectors.DefaultSelector()
+    readers = {process.stdout.fileno(): "stdout", process.stderr.fileno(): "stderr", result_read: "result"}
+    for fd in readers:
+        selector.register(fd, selectors.EVENT_READ)
+    return {"selector": selector, "readers": readers, "outputs": {name: bytearray() for name in readers.values()},
+            "request_fd": request_write, "result_fd": result_read, "token": token, "seq": 0, "output_bytes": output_bytes,
+            "wall_deadline": wall_deadline, "over": None}
+
+
+def _end_run(channel, reason):
+    channel["over"] = reason
+    raise _RunOver(reason)
+
+
+def _take_answer(channel):
+    """The next complete answer message from the answer pipe's bytes, or None if it has not all come."""
+    buffer = channel["outputs"]["result"]
+    newline = buffer.find(b"\n", 0, 24)
+    if newline < 0:
+        if len(buffer) >= 24:
+            _end_run(channel, "malformed")
+        return None
+    header = bytes(buffer[:newline])
+    if not header.isdigit() or int(header) > ANSWER_BYTES:
+        _end_run(channel, "malformed")
+    end = newline + 1 + int(header)
+    if len(buffer) < end:
+        return None
+    data = bytes(buffer[newline + 1:end])
+    del buffer[:end]
+    try:
+        answer = json.loads(data)
+    except (ValueError, RecursionError, MemoryError):  # a nested or mangled message fails the run, no more
+        _end_run(channel, "malformed")
+    if type(answer) is not dict or answer.get("token") != channel["token"] or answer.get("seq") != channel["seq"]:
+        _end_run(channel, "malformed")
+    return answer
+
+
+def _ask(channel, request, seconds):
+    """Send one request and return its answer (a dict), waiting at most `seconds` (measured here, in the
+    grader) and never past the run's wall-clock deadline. Raises _RunOver when no answer comes."""
+    if channel["over"]:
+        raise _RunOver(channel["over"])
+    deadline = min(time.monotonic() + seconds, channel["wall_deadline"])
+    channel["seq"] += 1
+    data = json.dumps(dict(request, seq=channel["seq"])).encode()
+    pending = memoryview(b"%d\n" % len(data) + data)
+    selector, request_fd, outputs = channel["selector"], channel["request_fd"], channel["outputs"]
+    selector.register(request_fd, selectors.EVENT_WRITE)
+    try:
+        while True:
+            if not pending:
+                answer = _take_answer(channel)
+                if answer is not None:
+                    return answer
+                if channel["result_fd"] not in selector.get_map():
+                    _end_run(channel, "ended")  # the answer pipe closed without an answer
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                _end_run(channel, "timeout")
+            for key, _ in selector.select(remaining):
+                if key.fd == request_fd:
+                    try:
+                        pending = pending[os.write(request_fd, pending[:65536]):]
+                    except BlockingIOError:
+                        continue
+                    except OSError:  # the harness is gone
+                        _end_run(channel, "ended")
+                    if not pending:
+                        selector.unregister(request_fd)
+                    continue
+                chunk = os.read(key.fd, 65536)
+                if not chunk:
+                    selector.unregister(key.fd)
+                    continue
+                outputs[channel["readers"][key.fd]] += chunk
+                if len(outputs["stdout"]) + len(outputs["stderr"]) > channel["output_bytes"]:
+                    _end_run(channel, "overflow")
+                if len(outputs["result"]) > ANSWER_BYTES + 24:
+                    _end_run(channel, "malformed")
+    finally:
+        if request_fd in selector.get_map():
+            selector.unregister(request_fd)
+
+
+def _close_channel(channel):
+    """Tell the harness there is nothing more (it exits), collect what is left of its output; returns
+    (outputs, overflow, timed_out) as _communicate does. A run that ended early is not waited for."""
+    os.close(channel["request_fd"])
+    selector, outputs = channel["selector"], channel["outputs"]
+    deadline = min(channel["wall_deadline"], time.monotonic() + STARTUP_ALLOWANCE_S)
+    try:
+        while channel["over"] is None and any(channel["readers"][key.fd] != "result"
+                                              for key in selector.get_map().values()):
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break  # the verdicts are in; whatever still runs is killed by the caller
+            for key, _ in selector.select(remaining):
+                chunk = os.read(key.fd, 65536)
+                if not chunk:
+                    selector.unregister(key.fd)
+                elif channel["readers"][key.fd] != "result":
+                    outputs[channel["readers"][key.fd]] += chunk
+                    if len(outputs["stdout"]) + len(outputs["stderr"]) > channel["output_bytes"]:
+                        channel["over"] = "overflow"
+    finally:
+        selector.close()
+    return ({name: bytes(value) for name, value in outputs.items()}, channel["over"] == "overflow",
+            channel["over"] == "timeout")
+
+
+#### Deciding the verdicts, in the grader's interpreter
+#
+# Each test's code (an MBPP assert, the setup, HumanEval's check) runs HERE, with the program's
+# functions replaced by proxies: a proxy sends the call to the sandbox and returns the decoded plain
+# value. So `f(x) == [1, 2]`, math.isclose, set(...), `is True` and check(candidate) compare only values
+# this interpreter built. The test code is the dataset's (trusted, like the expected values); the
+# program never sees it. A test the plan marks in_process runs in the program's interpreter as before.
+
+# Modules the tests may use without the program importing them. (Deviation: in the program's
+# interpreter an assert that uses math without the program's `import math` fails with NameError.)
+_TEST_MODULES = ("math", "cmath", "re", "collections", "itertools", "functools", "heapq", "bisect", "string",
+                 "operator", "random", "statistics", "decimal", "fractions")
+
+
+class _ProxyStop(BaseException):
+    """Ends a test whose proxied call cannot give a value; the test is failed whatever its code catches."""
+
+
+class ProgramRaised(Exception):
+    """The program's function raised an exception that is not one of Python's built-in Exceptions."""
+
+
+def _exception_from(name):
+    """The built-in exception a program's function raised (by name), to raise in the test's code."""
+    error_type = getattr(builtins, name, None) if type(name) is str else None
+    if isinstance(error_type, type) and issubclass(error_type, Exception):
+        try:
+            return error_type("raised by the program")
+        except Exception:
+            pass
+    return ProgramRaised(str(name)[:100])
+
+
+def _proxy(name, channel, test):
+    """A stand-in for the program's function `name`: the call runs in the sandbox, within the test's deadline."""
+    def call(*args, **kwargs):
+        if test["spoiled"]:
+            raise _ProxyStop()
+        try:
+            request = {"op": "call", "name": name, "args": encode_value(list(args), ARGUMENT_DEPTH),
+                       "kwargs": encode_value(kwargs, ARGUMENT_DEPTH)}
+        except (TypeError, ValueError, RecursionError):  # a lambda, a class instance: not a plain value
+            test["spoiled"] = test["cannot_proxy"] = True
+            raise _ProxyStop()
+        try:
+            answer = _ask(channel, request, test["deadline"] - time.monotonic())
+        except _RunOver:
+            test["spoiled"] = True
+            raise _ProxyStop()
+        if "value" in answer:
+            try:
+                return decode_value(answer["value"], VALUE_DEPTH)
+            except (TypeError, ValueError, RecursionError, MemoryError, OverflowError):
+                pass
+        elif "raised" in answer:
+            raise _exception_from(answer["raised"])
+        test["spoiled"] = True  # an unserializable or malformed value: the test fails
+        raise _ProxyStop()
+    call.__name__ = call.__qualname__ = name
+    return call
+
+
+def _decide_tests(channel, plan, *, timeout_s, stop_at_first_failure):
+    """Run the program (the harness answers "loaded"), then decide each test of `plan`.
+    Returns {"passed": [bool per test], "in_process_tests": how many ran in the program's interpreter}."""
+    asserts = plan["asserts"]
+    passed, in_process_tests = [False] * len(asserts), 0
+    try:
+        loaded = _ask(channel, {"op": "start", "token": channel["token"], "names": plan["names"]},
+                      STARTUP_ALLOWANCE_S + timeout_s)
+    except _RunOver:
+        return {"passed": passed, "in_process_tests": 0}
+    if loaded.get("loaded") is not True:
+        return {"passed": passed, "in_process_tests": 0}
+    callables = loaded.get("callables")
+    callables = [name for name in plan["names"] if type(callables) is list and name in callables]
+    test = {"deadline": 0.0, "spoiled": False, "cannot_proxy": False}
+    namespace = {"__name__": "__test__", "__builtins__": builtins}
+    for name in plan["names"]:
+        if name in _TEST_MODULES:
+            namespace[name] = importlib.import_module(name)
+    for name in callables:
+        namespace[name] = _proxy(name, channel, test)
+    setups = {}  # "grader", "sandbox": did the setup code pass there (run once, before the first test there)
+
+    def in_grader(code, name):
+        test.update(deadline=time.monotonic() + timeout_s, spoiled=False, cannot_proxy=False)
+        try:
+            exec(compile(code, name, "exec"), namespace)
+            ok = True
+        except (Exception, _ProxyStop):
+            ok = False
+        if channel["over"]:
+            raise _RunOver(channel["over"])
+        return ok and not test["spoiled"]
+
+    def in_sandbox(code):
+        if "sandbox" not in setups:
+            setups["sandbox"] = _ask(channel, {"op": "exec", "code": plan["setup"]}, timeout_s).get("passed") is True
+        return _ask(channel, {"op": "exec", "code": code}, timeout_s).get("passed") is True and setups["sandbox"]
+
+    for index, code in enumerate(asserts):
+        if stop_at_first_failure and not all(passed[:index]):
+            break
+        try:
+            if index in plan["in_process"]:
+                in_process_tests += 1
+                passed[index] = in_sandbox(code)
+                continue
+            if "grader" not in setups:
+                setups["grader"] = in_grader(plan["setup"], "setup.py")
+            passed[index] = in_grader(code, "test.py") and setups["grader"]
+            if test["cannot_proxy"] and plan["may_fall_back"]:  # the TEST's arguments are not plain values
+                in_process_tests += 1
+                passed[index] = in_sandbox(code)
+        except _RunOver:
+            break  # killed (late, too much output, a mangled answer): this and the remaining tests fail
+    return {"passed": passed, "in_process_tests": in_process_tests}
+
+
+#### Which tests can be decided in the grader: a reference run, once per spec
+
+_plans, _plan_locks, _plans_lock = {}, {}, threading.Lock()
+
+
+def _names_in(codes):
+    """Every name the code reads or writes (the test code is the dataset's, so it parses)."""
+    names = set()
+    for code in codes:
+        try:
+            names |= {node.id for node in ast.walk(ast.parse(code)) if isinstance(node, ast.Name)}
+        except (SyntaxError, ValueError):
+            continue
+    return names
+
+
+def _static_plan(tests):
+    """The plan of a spec before any reference run: every test decided in the grader."""
+    if tests["kind"] == "assert":
+        prefix, setup, asserts = "", tests.get("setup") or "", list(tests["asserts"])
+        may_shadow = set()
+    else:
+        prefix, setup, asserts = tests["prefix"] + "\n", tests["check"], [f"check({tests['entry_point']})"]
+        may_shadow = {tests["entry_point"]}
+    reference = tests.get("reference")
+    if reference:  # a builtin's name is the program's only where the reference defines it too (MBPP 126's sum)
+        may_shadow |= _names_in([prefix + reference])
+    # A program's function may take a test's name only where the program is meant to define it: else a
+    # program defining `sorted` or `len` would change what the test code computes.
+    names = sorted(name for name in _names_in([setup] + asserts)
+                   if not hasattr(builtins, name) or name in may_shadow)
+    return {"prefix": prefix, "setup": setup, "asserts": asserts, "names": names, "in_process": set(),
+            "may_fall_back": not reference, "reference": reference}
+
+
+def _test_plan(tests, run):
+    """How each test of an assert or function_check spec is decided (cached per spec). With a reference
+    solution, the reference is run once with every test decided in the grader: the tests it fails there
+    (it mutates an argument, returns its own class, a test checks identity) run in the program's
+    interpreter for every program. Without one, only tests whose own arguments are not plain values do."""
+    key = hashlib.sha256(json.dumps(tests, sort_keys=True).encode()).hexdigest()
+    with _plans_lock:
+        if key in _plans:
+            return _plans[key]
+        lock = _plan_locks.setdefault(key, threading.Lock())
+    with lock:  # the samples of one prompt, graded at once, wait for a single reference run
+        with _plans_lock:
+            if key in _plans:
+                return _plans[key]
+        plan = _static_plan(tests)
+        if plan["reference"]:
+            result = run(program=plan["prefix"] + plan["reference"], mode="assert",
+                         tests={"setup": plan["setup"], "asserts": plan["asserts"]}, plan=plan,
+                         stop_at_first_failure=False)
+            plan["in_process"] = {index for index, ok in enumerate(result["passed"]) if not ok}
+            if plan["in_process"] and not result["timed_out"]:
+                # Tests may share state (an assert that checks what an earlier statement mutated): when the
+                # reference does worse with the tests split between both places than with all of them in
+                # its own interpreter, all of them run there.
+                run_reference = functools.partial(run, program=plan["prefix"] + plan["reference"], mode="assert",
+                                                  tests={"setup": plan["setup"], "asserts": plan["asserts"]},
+                                                  stop_at_first_failure=False)
+                result = run_reference(plan=plan)
+                if not all(result["passed"]) and not result["timed_out"]:
+                    everything = dict(plan, in_process=set(range(len(plan["asserts"]))))
+                    alone = run_reference(plan=everything)
+                    if sum(alone["passed"]) > sum(result["passed"]):
+                        plan, result = everything, alone
+            if result["timed_out"]:
+                return plan  # a late reference (a loaded machine) decides only this time
+        with _plans_lock:
+            _plans[key] = plan
+    return plan
+
+
 #### Grading: one response, one batch
 
 def normalize_output(text):
@@ -523,24 +968,20 @@ def count_tests(tests):
 
 
 def _grade_one(code, tests, *, partial_credit, setup, limits):
-    """(passed, total, timed_out) of one program against its tests."""
+    """(passed, total, timed_out, in_process_tests) of one program against its tests."""
     total = count_tests(tests)
     if code is None or total == 0:
-        return 0, total, False
+        return 0, total, False, 0
     uid = _take_uid() if setup["drop_uid"] else None
     run = functools.partial(_run_sandboxed, python=setup["python"], unshare_prefix=setup["unshare_prefix"],
                             uid=uid, stop_at_first_failure=not partial_credit, **limits)
     try:
-        if tests["kind"] == "assert":
-            result = run(program=code, mode="assert", tests={"setup": tests.get("setup") or "",
-                                                             "asserts": list(tests["asserts"])})
-            return sum(result["passed"]), total, result["timed_out"]
-        if tests["kind"] == "function_check":
-            # The prompt, then the model's code (which may redefine the entry point): see the docstring.
-            program = tests["prefix"] + "\n" + code
-            result = run(program=program, mode="assert",
-                         tests={"setup": tests["check"], "asserts": [f"check({tests['entry_point']})"]})
-            return sum(result["passed"]), total, result["timed_out"]
+        if tests["kind"] in ("assert", "function_check"):
+            plan = _test_plan(tests, run)
+            # function_check: the prompt, then the model's code (which may redefine the entry point).
+            result = run(program=plan["prefix"] + code, mode="assert", plan=plan,
+                         tests={"setup": plan["setup"], "asserts": plan["asserts"]})
+            return sum(result["passed"]), total, result["timed_out"], result["in_process_tests"]
         if tests.get("time_limit_s"):
             run = functools.partial(run, timeout_s=float(tests["time_limit_s"]))
         passed, timed_out = 0, False
@@ -552,7 +993,7 @@ def _grade_one(code, tests, *, partial_credit, setup, limits):
             timed_out = timed_out or result["timed_out"]
             if not ok and not partial_credit:
                 break
-        return passed, total, timed_out
+        return passed, total, timed_out, 0
     finally:
         if uid is not None:
             _give_back_uid(uid)
@@ -566,7 +1007,8 @@ def grade_code_batch(responses, tests, *, partial_credit=False, num_workers=None
 
     Returns a dict of lists, one entry per response: pred (the extracted program or None), correct
     (every test passed), reward (1.0 or 0.0; with partial_credit the fraction passed), timeouts (some
-    test hit a time limit), passed and total (tests). The limits are documented at the top of the module.
+    test hit a time limit), passed and total (tests), in_process_tests (how many of its tests ran in the
+    program's own interpreter, see the module docstring). The limits are documented at the top of the module.
     """
     if len(responses) != len(tests):
         raise ValueError(f"{len(responses)} responses but {len(tests)} test specs")
@@ -592,7 +1034,8 @@ def grade_code_batch(responses, tests, *, partial_credit=False, num_workers=None
     else:
         rewards = [1.0 if ok else 0.0 for ok in correct]
     return {"pred": predictions, "correct": correct, "reward": rewards,
-            "timeouts": [outcome[2] for outcome in outcomes], "passed": passed, "total": total}
+            "timeouts": [outcome[2] for outcome in outcomes], "passed": passed, "total": total,
+            "in_process_tests": [outcome[3] for outcome in outcomes]}
 
 
 #### Command line: the sandbox's status, or grade a jsonl file of {"response", "tests"} rows

@@ -1194,6 +1194,8 @@ def main(argv=None):
         }
         for name in ("reward_mean", "accuracy", "response_length_mean"):  # per task, to follow math and code apart
             metrics[f"{task}/{name}"] = metrics[name]
+        if task == "code":  # tests decided in the program's own interpreter (reward_code.py's docstring)
+            metrics["code/in_process_tests"] = sum(gather_lists(graded["in_process_tests"], world_size))
         if config.drop_solved_prompts:
             metrics["solved_prompts"] = len(data_states[stage_number]["solved"])
         # Training dynamics: reflection keywords, length of right and wrong answers, truncation

@@ -12,8 +12,10 @@ Math formats (one row = one problem):
 Code formats (the test spec kinds are documented in reward_code.py):
   - our own:             {"problem": ..., "tests": {"kind": "assert" | "function_check" | "stdio", ...}}
   - HumanEval:           {"prompt", "test", "entry_point"}: a function to complete; tests: function_check
+                         (with canonical_solution as the spec's "reference")
   - MBPP:                {"text", "test_list", "code"}: the text and the first assert (which names the
-                         function); tests: assert (test_setup_code, then each of test_list)
+                         function); tests: assert (test_setup_code, then each of test_list; code is the
+                         spec's "reference")
   - APPS (MapCoder):     {"description", "test_list", "starter_code"}: rows with an empty starter_code
                          are stdin/stdout problems; call-based rows (a starter function) are skipped and
                          counted, as are repeated ids (the MapCoder sample repeats 21 problems)
@@ -259,13 +261,16 @@ def _code_problem_of(row, kind, where):
         return problem, tests, _level_of(row)
     if kind == "humaneval":
         problem = f"Complete the following Python function.\n\n```python\n{row['prompt'].rstrip()}\n```"
+        # The reference never enters a program's sandbox: reward_code.py runs it once, to find the tests
+        # that can be decided outside the program's interpreter.
         tests = {"kind": "function_check", "prefix": row["prompt"], "check": row["test"],
-                 "entry_point": row["entry_point"]}
+                 "entry_point": row["entry_point"], "reference": row.get("canonical_solution") or ""}
         return problem, tests, None
     if kind == "mbpp":
         # The usual MBPP prompt: the task and its first test, which tells the model the function's name.
         problem = f"{row['text'].strip()}\nYour code should pass this test:\n{row['test_list'][0]}\n{FUNCTION_INSTRUCTION}"
-        tests = {"kind": "assert", "setup": row.get("test_setup_code") or "", "asserts": list(row["test_list"])}
+        tests = {"kind": "assert", "setup": row.get("test_setup_code") or "", "asserts": list(row["test_list"]),
+                 "reference": row.get("code") or ""}
         return problem, tests, None
     if kind == "apps":
         if row["starter_code"].strip():
