@@ -147,13 +147,7 @@ def extract_code(response):
 
 HARNESS = r'''
 import json, os, resource, signal, sys
-config = json.loads(sys.argv[1])
-for name, value in config["rlimits"].items():
-    resource.setrlimit(getattr(resource, name), (value, value))
-if config["uid"] is not None:
-    os.setgroups([])
-    os.setgid(config["uid"])
-    os.setuid(config["uid"])
+config = json.loads(sys.argv[1])  # limits and the uid were set by INIT before this interpreter started
 payload = json.loads(sys.stdin.buffer.read()) if config["mode"] == "assert" else None
 with open("solution.py") as file:
     program = file.read()
@@ -230,11 +224,93 @@ os._exit(0)  # no atexit handlers, no waiting for the program's threads
 '''
 
 
+#### The trusted init: our code, the first process of the sandbox's PID namespace (pid 1)
+#
+# `python -I -S -c INIT INIT_CONFIG HARNESS HARNESS_CONFIG`, as root. It stays root and never runs the
+# program: it enters the run's cgroups, builds the private filesystem view, then forks one child that sets
+# the rlimits and no_new_privs, drops to the sandbox uid and execs the harness. When that child exits, init
+# exits, and the kernel kills every process left in the PID namespace (setsid() does not help them: the
+# namespace, not the process group, is what dies). `unshare --kill-child` kills init (and so all of them)
+# when unshare is killed; init's parent-death signal stays set because init never changes its uid.
+
+INIT = r"""
+import ctypes, json, os, resource, sys
+config = json.loads(sys.argv[1])
+libc = ctypes.CDLL(None, use_errno=True)
+def mount(source, target, fstype, flags, data):
+    if libc.mount(source.encode(), target.encode(), fstype.encode() if fstype else None, flags,
+                  data.encode() if data else None) != 0:
+        error = ctypes.get_errno()
+        raise OSError(error, os.strerror(error), target)
+RDONLY, NOSUID, NODEV, NOEXEC, REMOUNT, BIND, REC, PRIVATE = 1, 2, 4, 8, 32, 4096, 16384, 1 << 18
+for group in config["cgroups"]:  # before anything untrusted exists: every later process is counted
+    with open(group + "/cgroup.procs", "w") as file:
+        file.write("0")
+uid = config["uid"]
+if config["view"]:
+    root = os.getcwd()  # the host's sandbox directory; in this mount namespace a fresh tmpfs covers it
+    with open("solution.py", "rb") as file:
+        program = file.read()
+    mount("none", "/", None, REC | PRIVATE, None)  # nothing mounted below propagates to the host
+    mount("tmpfs", root, "tmpfs", NOSUID | NODEV, "size=1m,nr_inodes=256,mode=755")
+    for path in config["binds"]:
+        target = root + path
+        os.makedirs(target, mode=0o755, exist_ok=True)
+        mount(path, target, None, BIND | REC, None)
+        mount("none", target, None, BIND | REMOUNT | RDONLY | NOSUID | NODEV, None)
+    for path, points_to in config["links"]:
+        os.symlink(points_to, root + path)
+    for place in ("/tmp", "/dev/shm", "/sandbox"):
+        os.makedirs(root + place, mode=0o755, exist_ok=True)
+        mount("tmpfs", root + place, "tmpfs", NOSUID | NODEV,
+              f"size={config['tmpfs_bytes']},nr_inodes={config['tmpfs_files']},mode=1777")
+    for device in ("null", "zero", "random", "urandom"):
+        open(root + "/dev/" + device, "w").close()
+        mount("/dev/" + device, root + "/dev/" + device, None, BIND, None)
+    os.makedirs(root + "/proc")
+    mount("proc", root + "/proc", "proc", NOSUID | NODEV | NOEXEC, None)
+    with open(root + "/sandbox/solution.py", "wb") as file:
+        file.write(program)
+    os.chmod(root + "/sandbox", 0o700)
+    if uid is not None:
+        os.chown(root + "/sandbox", uid, uid)
+        os.chown(root + "/sandbox/solution.py", uid, uid)
+    os.chroot(root)
+    os.chdir("/sandbox")
+child = os.fork()
+if child == 0:
+    try:
+        for name, value in config["rlimits"].items():
+            resource.setrlimit(getattr(resource, name), (value, value))
+        if libc.prctl(38, 1, 0, 0, 0) != 0:  # PR_SET_NO_NEW_PRIVS: no setuid binary gives root back
+            raise OSError(ctypes.get_errno(), "prctl")
+        if uid is not None:
+            os.setgroups([])
+            os.setgid(uid)
+            os.setuid(uid)
+        python = config["python"]
+        os.execve(python, [python, "-I", "-c", sys.argv[2], sys.argv[3]], dict(os.environ))
+    finally:
+        os._exit(126)  # the harness could not start: no result record, nothing passed
+status = 1
+while True:  # reap every orphan the program leaves (pid 1 inherits them) until the harness is done
+    try:
+        done, status = os.wait()
+    except ChildProcessError:
+        break
+    if done == child:
+        break
+code = os.waitstatus_to_exitcode(status)
+os._exit(code if code >= 0 else 128 - code)
+"""
+
+
 #### Setting up: which isolation layers work here (probed once)
 
 _setup = None
 _setup_lock = threading.Lock()
 _uids_in_use = set()
+_uids_quarantined = set()  # uids whose processes could not all be killed
 _uid_lock = threading.Lock()
 
 
@@ -248,20 +324,42 @@ _PROBE_PROGRAM = '''
 import fractions, os, socket  # fractions: a module the harness has not imported, read as the sandbox uid
 interfaces = sorted(name for _, name in socket.if_nameindex())
 uid = os.getuid()
+parent = os.getppid()
+with open("/proc/mounts") as file:
+    mounts = [line.split()[1:3] for line in file]
+private = [place for place in ("/tmp", "/dev/shm") if [place, "tmpfs"] in mounts]
 '''
 
 
-def _probe(python, unshare_prefix, uid):
-    """Run a tiny program through the full sandbox; its uid and network interfaces, or None if it fails."""
-    result = _run_sandboxed(program=_PROBE_PROGRAM, mode="assert",
-                            tests={"setup": "", "asserts": ["print(json.dumps([uid, interfaces]))"]},
-                            python=python, unshare_prefix=unshare_prefix, uid=uid, timeout_s=10.0,
-                            memory_mb=DEFAULT_MEMORY_MB, output_bytes=4096, max_open_files=DEFAULT_MAX_OPEN_FILES,
-                            max_processes=DEFAULT_MAX_PROCESSES, max_file_bytes=DEFAULT_MAX_FILE_BYTES,
-                            python_guard=False, stop_at_first_failure=True, setup_line="import json\n")
+def _probe(python, unshare_prefix, uid, view, use_cgroups):
+    """Run a tiny program through the full sandbox: {"uid", "interfaces", "parent" (its parent's pid: 1
+    under INIT in a PID namespace), "private" (/tmp, /dev/shm on their own tmpfs), "grader_visible"}, or
+    None if it fails."""
+    grader = os.path.dirname(os.path.abspath(__file__))
+    line = f"print(json.dumps([uid, interfaces, parent, private, os.path.exists({grader!r})]))"
+    try:
+        result = _run_sandboxed(program=_PROBE_PROGRAM, mode="assert", tests={"setup": "", "asserts": [line]},
+                                python=python, unshare_prefix=unshare_prefix, uid=uid, timeout_s=10.0,
+                                memory_mb=DEFAULT_MEMORY_MB, output_bytes=4096,
+                                max_open_files=DEFAULT_MAX_OPEN_FILES, max_processes=DEFAULT_MAX_PROCESSES,
+                                max_file_bytes=DEFAULT_MAX_FILE_BYTES, python_guard=False,
+                                stop_at_first_failure=True, setup_line="import json\n", view=view,
+                                use_cgroups=use_cgroups)
+    except (OSError, SandboxError):
+        return None
     if result["passed"] != [True]:
         return None
-    return json.loads(result["stdout"].strip().splitlines()[-1])
+    found = json.loads(result["stdout"].strip().splitlines()[-1])
+    return dict(zip(("uid", "interfaces", "parent", "private", "grader_visible"), found))
+
+
+def _cgroups_work():
+    """Whether this process can create a memory and a pids cgroup (cgroup v1, as root)."""
+    try:
+        made = _make_cgroups(f"zerorl-probe-{os.getpid()}", memory_mb=64, max_processes=8)
+    except OSError:
+        return False
+    return _remove_cgroups(made)
 
 
 def _python_candidates():
@@ -274,63 +372,78 @@ def _python_candidates():
 
 
 def sandbox_setup():
-    """How programs run here, decided once: {"python", "unshare_prefix", "drop_uid", "status"}."""
+    """How programs run here, decided once: {"python", "unshare_prefix", "drop_uid", "view", "cgroups",
+    "layers" ({layer: "active ..." or "MISSING ..."}), "status"}."""
     global _setup
     with _setup_lock:
         if _setup is not None:
             return _setup
         as_root = os.geteuid() == 0
         unshare = shutil.which("unshare")
-        notes, chosen = [], None
+        use_cgroups = as_root and _cgroups_work()
         candidates = [[unshare] + flags for flags in _namespace_flags(as_root)] if unshare else []
-        for prefix in candidates + [[]]:
-            for python in _python_candidates():
-                found = _probe(python, prefix, SANDBOX_UID_BASE if as_root else None)
-                if found is not None:
-                    chosen = (prefix, python, as_root, found)
-                    break
-            if chosen:
+        attempts = [(prefix, python, uid, view) for uid in ([SANDBOX_UID_BASE] if as_root else []) + [None]
+                    for prefix in candidates + [[]] for python in _python_candidates()
+                    for view in ((True, False) if "-m" in prefix else (False,))]
+        chosen = None
+        for prefix, python, uid, view in attempts:
+            if uid is None and as_root:
+                python = sys.executable  # the uid cannot read any interpreter: run as root, say so
+            found = _probe(python, prefix, uid, view, use_cgroups)
+            if found is not None:
+                chosen = (prefix, python, uid is not None, view, found)
                 break
-        if chosen is None and as_root:  # the uid cannot read any interpreter: run as root, say so
-            for prefix in candidates + [[]]:
-                found = _probe(sys.executable, prefix, None)
-                if found is not None:
-                    chosen = (prefix, sys.executable, False, found)
-                    notes.append("NOT dropping root: no interpreter is readable by an unprivileged uid")
-                    break
         if chosen is None:
             raise RuntimeError("reward_code: cannot run a Python program at all (not even without a sandbox)")
-        prefix, python, drop_uid, (uid, interfaces) = chosen
+        prefix, python, drop_uid, view, found = chosen
         flags = " ".join(prefix[1:])
-        if prefix and interfaces == ["lo"]:
-            network = f"isolated (unshare {flags})"
-        else:
-            network = "NOT isolated (" + ("unshare is not installed" if not unshare else
-                                           "the kernel refuses new namespaces here") + ")"
-            notes.append("programs can reach the network")
-        pids = ("own PID namespace and /proc" if "-p" in prefix else
-                "NOT isolated (programs can see and signal this user's processes)")
-        user = (f"programs run as uid {SANDBOX_UID_BASE}+slot (root drops privileges)" if drop_uid else
-                f"programs run as this user (uid {os.geteuid()}): they can touch this user's files")
+        layers = {
+            "network": (f"active (unshare {flags}: only a loopback device, down)" if prefix and
+                        found["interfaces"] == ["lo"] else "MISSING: " + (
+                            "unshare is not installed" if not unshare else "the kernel refuses new namespaces")),
+            "pid namespace + trusted init": (
+                "active (the program's processes all die with INIT, setsid or not)" if "-p" in prefix and
+                found["parent"] == 1 else "MISSING: programs can see and signal this user's processes; what "
+                "they leave running is killed only by uid" + ("" if drop_uid else " (not at all: no uid)")),
+            "uid": (f"active (uid {SANDBOX_UID_BASE}+slot, no_new_privs, killed and checked after each run)"
+                    if drop_uid else f"MISSING: programs run as this user (uid {os.geteuid()}) and can touch "
+                                     "its files"),
+            "cgroup memory/pids": ("active (one v1 memory and pids cgroup per run: memory_mb for the whole "
+                                   "program, max_processes processes)" if use_cgroups else
+                                   "MISSING: memory and processes limited per process (rlimits) only"),
+            "private /tmp /dev/shm": ("active (fresh size-capped tmpfs per run)" if view and
+                                      sorted(found["private"]) == ["/dev/shm", "/tmp"] else
+                                      "MISSING: /tmp and /dev/shm are the host's; files left there persist"),
+            "filesystem view": ("active (a private root: read-only /usr, /lib*, the interpreter; no /work, "
+                                "/root, /run, /home; the working directory is a tmpfs)" if view and
+                                not found["grader_visible"] else
+                                "MISSING: every world-readable file of the host is readable, host UNIX "
+                                "sockets are reachable"),
+        }
         interpreter = "" if python == sys.executable else f"; programs run with {python} (sys.executable " \
                                                           "is not readable by the sandbox uid)"
-        status = (f"network: {network}; processes: {pids}; user: {user}; limits: wall and CPU time, "
-                  f"memory (RLIMIT_AS), output, file size, open files, processes{interpreter}")
-        if notes:
-            print(f"reward_code: WARNING: weak sandbox: {'; '.join(notes)}. {status}", file=sys.stderr)
-        _setup = {"python": python, "unshare_prefix": prefix, "drop_uid": drop_uid, "status": status}
+        status = "\n".join(f"{name:30s} {state}" for name, state in layers.items())
+        status += ("\nlimits: wall and CPU time, memory (RLIMIT_AS per process" +
+                   (" and the cgroup per program" if use_cgroups else "") +
+                   "), output, file size, open files, processes" + interpreter)
+        missing = [name for name, state in layers.items() if state.startswith("MISSING")]
+        if missing:
+            print(f"reward_code: WARNING: weak sandbox, missing layers: {', '.join(missing)}. "
+                  "Run `python reward_code.py --status` for details.", file=sys.stderr)
+        _setup = {"python": python, "unshare_prefix": prefix, "drop_uid": drop_uid, "view": view,
+                  "cgroups": use_cgroups, "layers": layers, "status": status}
         return _setup
 
 
 def sandbox_status():
-    """One line: which isolation layers are active on this machine."""
+    """Which isolation layers are active on this machine: one line per layer."""
     return sandbox_setup()["status"]
 
 
 def _take_uid():
     with _uid_lock:
         slot = 0
-        while SANDBOX_UID_BASE + slot in _uids_in_use:
+        while SANDBOX_UID_BASE + slot in _uids_in_use or SANDBOX_UID_BASE + slot in _uids_quarantined:
             slot += 1
         _uids_in_use.add(SANDBOX_UID_BASE + slot)
         return SANDBOX_UID_BASE + slot
@@ -355,87 +468,252 @@ def _processes_of_this_user():
     return count
 
 
-def _wait_until_no_process_of(uid, patience_s=5.0):
-    """After a SIGKILL the kernel tears the PID namespace down in the background: wait for it."""
+def _processes_of(uid):
+    """Host pids of every process whose uid is `uid`."""
+    found = []
+    for entry in os.listdir("/proc"):
+        try:
+            if entry.isdigit() and os.stat(f"/proc/{entry}").st_uid == uid:
+                found.append(int(entry))
+        except OSError:
+            continue
+    return found
+
+
+def _kill_every_process_of(uid, patience_s=5.0):
+    """SIGKILL every process of the uid until none is left (a PID namespace dies in the background, and a
+    process may fork while we kill). True when none is left: only then may the uid run another program."""
     deadline = time.monotonic() + patience_s
     while time.monotonic() < deadline:
-        alive = False
-        for entry in os.listdir("/proc"):
-            try:
-                alive = entry.isdigit() and os.stat(f"/proc/{entry}").st_uid == uid
-            except OSError:
-                continue
-            if alive:
-                break
+        alive = _processes_of(uid)
         if not alive:
-            return
+            return True
+        for pid in alive:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
         time.sleep(0.01)
+    return not _processes_of(uid)
+
+
+#### One cgroup per run (cgroup v1: memory and pids), where the machine lets us create them
+
+CGROUP_ROOTS = {"memory": "/sys/fs/cgroup/memory", "pids": "/sys/fs/cgroup/pids"}
+
+
+def _make_cgroups(name, *, memory_mb, max_processes):
+    """Create the run's memory and pids cgroups with their limits; their paths (INIT enters them)."""
+    made = []
+    try:
+        for controller, root in CGROUP_ROOTS.items():
+            path = os.path.join(root, name)
+            os.mkdir(path)
+            made.append(path)
+            if controller == "memory":  # the whole program: every process, and its tmpfs files
+                limits = [("memory.limit_in_bytes", memory_mb << 20), ("memory.memsw.limit_in_bytes", memory_mb << 20)]
+            else:
+                limits = [("pids.max", max_processes)]
+            for file_name, value in limits:
+                if os.path.exists(os.path.join(path, file_name)):
+                    with open(os.path.join(path, file_name), "w") as file:
+                        file.write(str(value))
+    except OSError:
+        _remove_cgroups(made)
+        raise
+    return made
+
+
+def _remove_cgroups(paths, patience_s=5.0):
+    """Kill whatever each cgroup still lists until it is empty, then remove it. True when all are gone."""
+    deadline, ok = time.monotonic() + patience_s, True
+    for path in paths:
+        while True:
+            try:
+                with open(os.path.join(path, "cgroup.procs")) as file:
+                    pids = [int(line) for line in file if line.strip()]
+            except (OSError, ValueError):
+                break
+            if not pids:
+                try:
+                    os.rmdir(path)
+                except FileNotFoundError:
+                    pass
+                except OSError:
+                    if time.monotonic() < deadline:  # the last exit is still being accounted
+                        time.sleep(0.01)
+                        continue
+                    ok = False
+                break
+            for pid in pids:
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except (ProcessLookupError, PermissionError):
+                    pass
+            if time.monotonic() > deadline:
+                ok = False
+                break
+            time.sleep(0.005)
+    return ok
 
 
 #### Running one program
 
-def _sandbox_environment(directory):
-    return {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": directory, "TMPDIR": directory, "LANG": "C.UTF-8",
+def _sandbox_environment(directory, view):
+    home = "/sandbox" if view else directory
+    return {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": home, "TMPDIR": home, "LANG": "C.UTF-8",
             "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 
 
 def _remove_directory(directory):
-    def make_writable_and_retry(function, path, _):
-        os.chmod(os.path.dirname(path), 0o700)  # a program may have made its files read-only
-        function(path)
-    shutil.rmtree(directory, onerror=make_writable_and_retry)
+    """Remove the sandbox directory, never touching anything outside it and never raising (deep trees,
+    read-only files, a directory the program removed itself). True when it is gone."""
+    if not os.path.lexists(directory):
+        return True
+    stack = [directory]  # depth-first without recursion: a 3000-deep tree needs no Python stack
+    while stack:
+        path = stack[-1]
+        try:
+            os.chmod(path, 0o700, follow_symlinks=False)  # path is inside directory: ours to change
+            entries = list(os.scandir(path))
+        except OSError:
+            entries = []
+        subdirectories = []
+        for entry in entries:
+            try:
+                if entry.is_dir(follow_symlinks=False):
+                    subdirectories.append(entry.path)
+                else:
+                    os.unlink(entry.path)
+            except OSError:
+                pass
+        if subdirectories:
+            stack.extend(subdirectories)
+            continue
+        stack.pop()
+        try:
+            os.rmdir(path)
+        except OSError:
+            if path == directory:
+                break  # something could not be removed: reported below, never retried forever
+    return not os.path.lexists(directory)
+
+
+def _filesystem_view_binds(python):
+    """What the interpreter needs, bound read-only into the private root: the system directories and the
+    interpreters' prefixes. Top-level symlinks (/bin -> usr/bin on merged-/usr systems) are recreated."""
+    binds, links = [], []
+    for path in ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32"):
+        if os.path.islink(path):
+            links.append((path, os.readlink(path)))
+        elif os.path.isdir(path):
+            binds.append(path)
+    real = os.path.dirname(os.path.dirname(os.path.realpath(python)))
+    for prefix in {sys.prefix, sys.base_prefix, sys.exec_prefix, real}:
+        prefix = os.path.realpath(prefix)
+        if os.path.isdir(prefix) and not any(prefix == b or prefix.startswith(b + os.sep) for b in binds):
+            binds.append(prefix)
+    return binds, links
+
+
+def _start_run(*, directory, program, python, unshare_prefix, uid, view, use_cgroups, memory_mb, max_processes,
+               rlimits, harness_config, result_write):
+    """Write the program, create the run's cgroups, start unshare + INIT (which starts the harness).
+    Returns (process, cgroups)."""
+    with open(os.path.join(directory, "solution.py"), "w") as file:
+        file.write(program)
+    os.chmod(directory, 0o700)
+    if uid is not None and not view:  # without the private view the program works in this directory
+        os.chown(directory, uid, uid)
+        os.chown(os.path.join(directory, "solution.py"), uid, uid)
+    cgroups = (_make_cgroups(f"zerorl-{os.getpid()}-{os.path.basename(directory)}", memory_mb=memory_mb,
+                             max_processes=max_processes) if use_cgroups else [])
+    binds, links = _filesystem_view_binds(python) if view else ([], [])
+    init_config = {"cgroups": cgroups, "uid": uid, "view": view, "binds": binds, "links": links,
+                   "tmpfs_bytes": 4 * rlimits["RLIMIT_FSIZE"], "tmpfs_files": 1024, "rlimits": rlimits,
+                   "python": python}
+    command = list(unshare_prefix) + [python, "-I", "-S", "-c", INIT, json.dumps(init_config), HARNESS,
+                                      json.dumps(harness_config)]
+    try:
+        process = subprocess.Popen(command, cwd=directory, env=_sandbox_environment(directory, view),
+                                   stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                   pass_fds=(result_write,), start_new_session=True)
+    except BaseException:
+        _remove_cgroups(cgroups)
+        raise
+    return process, cgroups
+
+
+def _end_run(*, process, cgroups, uid, directory):
+    """Kill everything the run started, wait until its uid has no process, remove its cgroups and its
+    directory. Never raises; returns the list of what went wrong (empty when all is clean)."""
+    problems = []
+    if process is not None:
+        try:  # unshare and INIT: with INIT gone the kernel kills the whole PID namespace
+            os.killpg(process.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            problems.append("unshare did not exit")
+    if not _remove_cgroups(cgroups):
+        problems.append("a cgroup could not be emptied or removed")
+    if uid is not None and not _kill_every_process_of(uid):
+        problems.append(f"processes of uid {uid} survived")
+    if not _remove_directory(directory):
+        problems.append("the sandbox directory could not be removed")
+    return problems
+
+
+class SandboxError(RuntimeError):
+    """One run's isolation or cleanup failed: that program gets reward 0 and counts in sandbox_errors."""
 
 
 def _run_sandboxed(*, program, mode, tests=None, stdin="", python, unshare_prefix, uid, timeout_s, memory_mb,
                    output_bytes, max_open_files, max_processes, max_file_bytes, python_guard,
-                   stop_at_first_failure, setup_line=""):
+                   stop_at_first_failure, setup_line="", view=None, use_cgroups=None):
     """Run one program once. mode "stdio": `stdin` is its input; mode "assert": `tests` is
     {"setup", "asserts"}. Returns {"stdout", "stderr", "returncode", "passed" (assert mode: a bool per
-    assert, all False when no valid result record came), "timed_out", "output_overflow", "seconds"}."""
+    assert, all False when no valid result record came), "timed_out", "output_overflow", "seconds"}.
+    view / use_cgroups: the private filesystem view and the per-run cgroups (None: as sandbox_setup chose).
+    Raises SandboxError when the run could not be torn down cleanly."""
+    view = bool(_setup and _setup["view"]) if view is None else view
+    use_cgroups = bool(_setup and _setup["cgroups"]) if use_cgroups is None else use_cgroups
     count = len(tests["asserts"]) if mode == "assert" else 1
     wall_s = STARTUP_ALLOWANCE_S + timeout_s * (count + (2 if mode == "assert" else 0))  # + program, setup
     directory = tempfile.mkdtemp(prefix="zerorl-sandbox-")
     token = secrets.token_hex(16)
     result_read, result_write = os.pipe()
-    process, timed_out, overflow = None, False, False
+    process, cgroups, timed_out, overflow = None, [], False, False
     try:
-        with open(os.path.join(directory, "solution.py"), "w") as file:
-            file.write(program)
-        if uid is not None:
-            os.chown(directory, uid, uid)
-            os.chown(os.path.join(directory, "solution.py"), uid, uid)
-        os.chmod(directory, 0o700)
         processes_limit = max_processes if uid is not None or os.geteuid() == 0 else \
             _processes_of_this_user() + max_processes
-        config = {"mode": mode, "uid": uid, "guard": python_guard, "timeout_s": timeout_s, "result_fd": result_write,
-                  "stop_at_first_failure": stop_at_first_failure,
-                  "rlimits": {"RLIMIT_CPU": math.ceil(wall_s), "RLIMIT_AS": memory_mb << 20,
-                              "RLIMIT_FSIZE": max_file_bytes, "RLIMIT_NOFILE": max_open_files,
-                              "RLIMIT_NPROC": processes_limit, "RLIMIT_CORE": 0}}
+        rlimits = {"RLIMIT_CPU": math.ceil(wall_s), "RLIMIT_AS": memory_mb << 20, "RLIMIT_FSIZE": max_file_bytes,
+                   "RLIMIT_NOFILE": max_open_files, "RLIMIT_NPROC": processes_limit, "RLIMIT_CORE": 0}
+        config = {"mode": mode, "guard": python_guard, "timeout_s": timeout_s, "result_fd": result_write,
+                  "stop_at_first_failure": stop_at_first_failure}
         if mode == "assert":
             stdin = json.dumps({"token": token, "setup": setup_line + tests["setup"], "asserts": tests["asserts"]})
-        command = list(unshare_prefix) + [python, "-I", "-c", HARNESS, json.dumps(config)]
         start = time.monotonic()
-        process = subprocess.Popen(command, cwd=directory, env=_sandbox_environment(directory),
-                                   stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                   pass_fds=(result_write,), start_new_session=True)
+        process, cgroups = _start_run(directory=directory, program=program, python=python,
+                                      unshare_prefix=unshare_prefix, uid=uid, view=view, use_cgroups=use_cgroups,
+                                      memory_mb=memory_mb, max_processes=max_processes, rlimits=rlimits,
+                                      harness_config=config, result_write=result_write)
         os.close(result_write)
         result_write = None
         outputs, overflow, timed_out = _communicate(process, stdin.encode(), result_read, start + wall_s,
                                                     output_bytes)
     finally:
-        if process is not None:
-            try:  # always: whatever the program left running in its process group dies with it
-                os.killpg(process.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-            process.wait()
-            if uid is not None and (timed_out or overflow):
-                _wait_until_no_process_of(uid)  # killed: the next program of this uid starts from zero
         for fd in (result_read, result_write):
             if fd is not None:
                 os.close(fd)
-        _remove_directory(directory)
+        problems = _end_run(process=process, cgroups=cgroups, uid=uid, directory=directory)
+        if problems and uid is not None and any("uid" in problem for problem in problems):
+            with _uid_lock:
+                _uids_quarantined.add(uid)  # never handed out again in this process
+    if problems:
+        raise SandboxError("; ".join(problems))
     seconds = time.monotonic() - start
     passed = [False] * count
     if mode == "assert" and not overflow:
@@ -558,6 +836,18 @@ def _grade_one(code, tests, *, partial_credit, setup, limits):
             _give_back_uid(uid)
 
 
+_warned_errors = set()
+
+
+def _warn_sandbox_error(error):
+    """Say once per kind of error that a program's grading failed (it is counted in sandbox_errors)."""
+    kind = type(error).__name__
+    if kind not in _warned_errors:
+        _warned_errors.add(kind)
+        print(f"reward_code: WARNING: grading a program failed ({kind}: {str(error)[:200]}); it gets reward 0 "
+              "and counts in sandbox_errors (further errors of this kind are not printed)", file=sys.stderr)
+
+
 def grade_code_batch(responses, tests, *, partial_credit=False, num_workers=None, timeout_s=DEFAULT_TIMEOUT_S,
                      memory_mb=DEFAULT_MEMORY_MB, output_bytes=DEFAULT_OUTPUT_BYTES,
                      max_open_files=DEFAULT_MAX_OPEN_FILES, max_processes=DEFAULT_MAX_PROCESSES,
@@ -566,7 +856,9 @@ def grade_code_batch(responses, tests, *, partial_credit=False, num_workers=None
 
     Returns a dict of lists, one entry per response: pred (the extracted program or None), correct
     (every test passed), reward (1.0 or 0.0; with partial_credit the fraction passed), timeouts (some
-    test hit a time limit), passed and total (tests). The limits are documented at the top of the module.
+    test hit a time limit), passed and total (tests), sandbox_errors (grading this program failed: its
+    result could not be read, its run could not be cleaned up...; its reward is 0). The limits are
+    documented at the top of the module. Raises only for the caller's mistakes (bad arguments).
     """
     if len(responses) != len(tests):
         raise ValueError(f"{len(responses)} responses but {len(tests)} test specs")
@@ -577,7 +869,16 @@ def grade_code_batch(responses, tests, *, partial_credit=False, num_workers=None
                   max_open_files=max_open_files, max_processes=max_processes, max_file_bytes=max_file_bytes,
                   python_guard=python_guard)
     predictions = [extract_code(response) for response in responses]
-    grade = functools.partial(_grade_one, partial_credit=partial_credit, setup=setup, limits=limits)
+    grade_unsafely = functools.partial(_grade_one, partial_credit=partial_credit, setup=setup, limits=limits)
+
+    def grade(code, spec):
+        """(passed, total, timed_out, sandbox_error): whatever goes wrong in grading one program (its
+        result, its cleanup, a pipe, a RecursionError) is that program's 0, never the batch's crash."""
+        try:
+            return (*grade_unsafely(code, spec), False)
+        except Exception as error:  # noqa: BLE001 (deliberate: a program's behaviour must not stop training)
+            _warn_sandbox_error(error)
+            return 0, count_tests(spec), False, True
     workers = max(1, num_workers or os.cpu_count() or 1)
     if workers == 1 or len(responses) <= 1:
         outcomes = [grade(code, spec) for code, spec in zip(predictions, tests)]
@@ -592,7 +893,8 @@ def grade_code_batch(responses, tests, *, partial_credit=False, num_workers=None
     else:
         rewards = [1.0 if ok else 0.0 for ok in correct]
     return {"pred": predictions, "correct": correct, "reward": rewards,
-            "timeouts": [outcome[2] for outcome in outcomes], "passed": passed, "total": total}
+            "timeouts": [outcome[2] for outcome in outcomes], "passed": passed, "total": total,
+            "sandbox_errors": [outcome[3] for outcome in outcomes]}
 
 
 #### Command line: the sandbox's status, or grade a jsonl file of {"response", "tests"} rows

@@ -36,9 +36,11 @@ def test_output_comparison_ignores_trailing_whitespace_only():
     assert normalize_output("1\n\n2") != normalize_output("1\n2")  # blank lines inside count
 
 
-def test_sandbox_status_is_one_line():
+def test_sandbox_status_names_every_layer():
     status = sandbox_status()
-    assert "\n" not in status and "network:" in status
+    for layer in ("network", "pid namespace + trusted init", "uid", "cgroup memory/pids", "private /tmp /dev/shm",
+                  "filesystem view"):
+        assert layer in status
 
 
 #### Partial credit and the result channel
