@@ -84,6 +84,7 @@ child processes and waits for them, so the work happens in the children.
 """
 
 import argparse
+import fcntl
 import functools
 import json
 import math
@@ -226,9 +227,9 @@ os._exit(0)  # no atexit handlers, no waiting for the program's threads
 
 #### The trusted init: our code, the first process of the sandbox's PID namespace (pid 1)
 #
-# `python -I -S -c INIT INIT_CONFIG HARNESS HARNESS_CONFIG`, as root. It stays root and never runs the
+# `python -I -c INIT INIT_CONFIG HARNESS HARNESS_CONFIG`, as root. It stays root and never runs the
 # program: it enters the run's cgroups, builds the private filesystem view, then forks one child that sets
-# the rlimits and no_new_privs, drops to the sandbox uid and execs the harness. When that child exits, init
+# the rlimits and no_new_privs, drops to the sandbox uid and runs the harness. When that child exits, init
 # exits, and the kernel kills every process left in the PID namespace (setsid() does not help them: the
 # namespace, not the process group, is what dies). `unshare --kill-child` kills init (and so all of them)
 # when unshare is killed; init's parent-death signal stays set because init never changes its uid.
@@ -288,20 +289,25 @@ if child == 0:
             os.setgroups([])
             os.setgid(uid)
             os.setuid(uid)
-        python = config["python"]
-        os.execve(python, [python, "-I", "-c", sys.argv[2], sys.argv[3]], dict(os.environ))
-    finally:
+        harness = compile(sys.argv[2], "<string>", "exec")
+        sys.argv = ["-c", sys.argv[3]]
+    except BaseException:
         os._exit(126)  # the harness could not start: no result record, nothing passed
-status = 1
-while True:  # reap every orphan the program leaves (pid 1 inherits them) until the harness is done
-    try:
-        done, status = os.wait()
-    except ChildProcessError:
-        break
-    if done == child:
-        break
-code = os.waitstatus_to_exitcode(status)
-os._exit(code if code >= 0 else 128 - code)
+    # Deliberate: the harness runs in this forked interpreter (as `python -I -c HARNESS` would, already
+    # started), not in a second exec'd one: one interpreter start per run instead of two.
+    exec(harness, {"__name__": "__main__", "__builtins__": __builtins__})
+else:
+    os.closerange(0, 1 << 16)  # the pipes are the harness's: the grader sees them close when its processes do
+    status = 1
+    while True:  # reap every orphan the program leaves (pid 1 inherits them) until the harness is done
+        try:
+            done, status = os.wait()
+        except ChildProcessError:
+            break
+        if done == child:
+            break
+    code = os.waitstatus_to_exitcode(status)
+    os._exit(code if code >= 0 else 128 - code)
 """
 
 
@@ -309,7 +315,8 @@ os._exit(code if code >= 0 else 128 - code)
 
 _setup = None
 _setup_lock = threading.Lock()
-_uids_in_use = set()
+_uids_in_use = {}  # uid: the file descriptor holding its lock
+_UID_LOCK_DIRECTORY = os.path.join(tempfile.gettempdir(), "zerorl-sandbox-uids")
 _uids_quarantined = set()  # uids whose processes could not all be killed
 _uid_lock = threading.Lock()
 
@@ -337,6 +344,7 @@ def _probe(python, unshare_prefix, uid, view, use_cgroups):
     None if it fails."""
     grader = os.path.dirname(os.path.abspath(__file__))
     line = f"print(json.dumps([uid, interfaces, parent, private, os.path.exists({grader!r})]))"
+    uid = _take_uid() if uid is not None else None  # locked like any run's: another grader may be running
     try:
         result = _run_sandboxed(program=_PROBE_PROGRAM, mode="assert", tests={"setup": "", "asserts": [line]},
                                 python=python, unshare_prefix=unshare_prefix, uid=uid, timeout_s=10.0,
@@ -347,6 +355,9 @@ def _probe(python, unshare_prefix, uid, view, use_cgroups):
                                 use_cgroups=use_cgroups)
     except (OSError, SandboxError):
         return None
+    finally:
+        if uid is not None:
+            _give_back_uid(uid)
     if result["passed"] != [True]:
         return None
     found = json.loads(result["stdout"].strip().splitlines()[-1])
@@ -441,17 +452,31 @@ def sandbox_status():
 
 
 def _take_uid():
+    """A free sandbox uid: free in this process and locked (flock) against every other grader on the machine,
+    since each run kills every process of its uid (two trainings or test runs must never share one)."""
+    os.makedirs(_UID_LOCK_DIRECTORY, mode=0o700, exist_ok=True)
     with _uid_lock:
         slot = 0
-        while SANDBOX_UID_BASE + slot in _uids_in_use or SANDBOX_UID_BASE + slot in _uids_quarantined:
+        while True:
+            uid = SANDBOX_UID_BASE + slot
             slot += 1
-        _uids_in_use.add(SANDBOX_UID_BASE + slot)
-        return SANDBOX_UID_BASE + slot
+            if uid in _uids_in_use or uid in _uids_quarantined:
+                continue
+            fd = os.open(os.path.join(_UID_LOCK_DIRECTORY, str(uid)), os.O_RDWR | os.O_CREAT, 0o600)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                os.close(fd)
+                continue
+            _uids_in_use[uid] = fd
+            return uid
 
 
 def _give_back_uid(uid):
     with _uid_lock:
-        _uids_in_use.discard(uid)
+        fd = _uids_in_use.pop(uid, None)
+        if fd is not None and uid not in _uids_quarantined:
+            os.close(fd)  # releases the lock; a quarantined uid stays locked until this process ends
 
 
 def _processes_of_this_user():
@@ -630,9 +655,8 @@ def _start_run(*, directory, program, python, unshare_prefix, uid, view, use_cgr
                              max_processes=max_processes) if use_cgroups else [])
     binds, links = _filesystem_view_binds(python) if view else ([], [])
     init_config = {"cgroups": cgroups, "uid": uid, "view": view, "binds": binds, "links": links,
-                   "tmpfs_bytes": 4 * rlimits["RLIMIT_FSIZE"], "tmpfs_files": 1024, "rlimits": rlimits,
-                   "python": python}
-    command = list(unshare_prefix) + [python, "-I", "-S", "-c", INIT, json.dumps(init_config), HARNESS,
+                   "tmpfs_bytes": 4 * rlimits["RLIMIT_FSIZE"], "tmpfs_files": 1024, "rlimits": rlimits}
+    command = list(unshare_prefix) + [python, "-I", "-c", INIT, json.dumps(init_config), HARNESS,
                                       json.dumps(harness_config)]
     try:
         process = subprocess.Popen(command, cwd=directory, env=_sandbox_environment(directory, view),
@@ -649,6 +673,10 @@ def _end_run(*, process, cgroups, uid, directory):
     directory. Never raises; returns the list of what went wrong (empty when all is clean)."""
     problems = []
     if process is not None:
+        try:  # the pipes closed: unshare exits on its own at once (its status is the program's)
+            process.wait(timeout=0.5)
+        except subprocess.TimeoutExpired:
+            pass
         try:  # unshare and INIT: with INIT gone the kernel kills the whole PID namespace
             os.killpg(process.pid, signal.SIGKILL)
         except (ProcessLookupError, PermissionError):
