@@ -592,36 +592,61 @@ def _sandbox_environment(directory, view):
 
 def _remove_directory(directory):
     """Remove the sandbox directory, never touching anything outside it and never raising (deep trees,
-    read-only files, a directory the program removed itself). True when it is gone."""
-    if not os.path.lexists(directory):
+    paths longer than PATH_MAX, read-only directories, a directory the program removed itself). It walks
+    with directory file descriptors, one level open at a time, going back up through "..": no recursion,
+    no long paths, no symlink followed. Returns True when the directory is gone."""
+    flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW
+    try:
+        fd = os.open(directory, flags)
+    except FileNotFoundError:
         return True
-    stack = [directory]  # depth-first without recursion: a 3000-deep tree needs no Python stack
-    while stack:
-        path = stack[-1]
-        try:
-            os.chmod(path, 0o700, follow_symlinks=False)  # path is inside directory: ours to change
-            entries = list(os.scandir(path))
-        except OSError:
-            entries = []
-        subdirectories = []
-        for entry in entries:
+    except OSError:
+        return False
+    names = []  # the path from `directory` down to fd, one name per level
+    try:
+        while True:
             try:
-                if entry.is_dir(follow_symlinks=False):
-                    subdirectories.append(entry.path)
-                else:
-                    os.unlink(entry.path)
+                os.fchmod(fd, 0o700)  # a directory inside the sandbox directory: ours to change
+                entries = [(entry.name, entry.is_dir(follow_symlinks=False)) for entry in os.scandir(fd)]
             except OSError:
-                pass
-        if subdirectories:
-            stack.extend(subdirectories)
-            continue
-        stack.pop()
-        try:
-            os.rmdir(path)
-        except OSError:
-            if path == directory:
-                break  # something could not be removed: reported below, never retried forever
-    return not os.path.lexists(directory)
+                return False
+            child = next((name for name, is_directory in entries if is_directory), None)
+            for name, is_directory in entries:
+                if not is_directory:
+                    try:
+                        os.unlink(name, dir_fd=fd)
+                    except OSError:
+                        return False  # cannot happen as the owner; never loop on it
+            if child is not None:
+                try:
+                    child_fd = os.open(child, flags, dir_fd=fd)
+                except OSError:
+                    return False
+                os.close(fd)
+                fd = child_fd
+                names.append(child)
+                continue
+            if not names:
+                break
+            try:
+                parent_fd = os.open("..", flags, dir_fd=fd)
+            except OSError:
+                return False
+            os.close(fd)
+            fd = parent_fd
+            try:
+                os.rmdir(names.pop(), dir_fd=fd)
+            except OSError:
+                return False
+    finally:
+        os.close(fd)
+    try:
+        os.rmdir(directory)
+    except FileNotFoundError:
+        pass
+    except OSError:
+        return False
+    return True
 
 
 def _filesystem_view_binds(python):
