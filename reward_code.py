@@ -494,13 +494,15 @@ def _processes_of_this_user():
 
 
 def _processes_of(uid):
-    """Host pids of every process whose uid is `uid`."""
+    """Host pids of every live process whose uid is `uid` (a zombie runs nothing: its parent reaps it)."""
     found = []
     for entry in os.listdir("/proc"):
         try:
             if entry.isdigit() and os.stat(f"/proc/{entry}").st_uid == uid:
-                found.append(int(entry))
-        except OSError:
+                with open(f"/proc/{entry}/stat") as file:
+                    if file.read().rpartition(")")[2].split()[0] != "Z":
+                        found.append(int(entry))
+        except (OSError, IndexError):
             continue
     return found
 
