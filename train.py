@@ -1193,6 +1193,8 @@ def main(argv=None):
         }
         for name in ("reward_mean", "accuracy", "response_length_mean"):  # per task, to follow math and code apart
             metrics[f"{task}/{name}"] = metrics[name]
+        if task == "code":  # programs whose grading failed (reward 0): a sandbox problem, not the policy's
+            metrics["code/sandbox_errors"] = sum(map(bool, gather_lists(graded["sandbox_errors"], world_size)))
         if config.drop_solved_prompts:
             metrics["solved_prompts"] = len(data_states[stage_number]["solved"])
         # Training dynamics: reflection keywords, length of right and wrong answers, truncation
