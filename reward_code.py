@@ -28,56 +28,64 @@ Test specs (JSON-serializable dicts; data/problems.py builds them from the datas
 A failed test stops the run early unless partial_credit is on (the reward is 0 anyway).
 
 How one program runs (as root on Linux, the normal case in a container; each layer is tested in
-tests/test_code_reward.py)
-  1. A fresh temporary directory holds only solution.py (the program). Expected outputs and asserts are
-     never written to disk: stdio outputs stay in this (the grader's) process, and the asserts reach the
-     harness through its stdin.
-  2. The command is `unshare -n -p -f --kill-child -m --mount-proc python -I -c HARNESS`, started in its
-     own session (so its own process group): a new network namespace (only a loopback device, which is
-     down: no network at all), a new PID namespace (the program sees only its own processes, cannot
-     signal anything outside, and when its first process dies the kernel kills every process it
-     started, even ones that left the process group), and a private /proc. The environment is not
-     inherited (no API keys): PATH, HOME=TMPDIR=the sandbox directory, LANG, one BLAS thread.
-  3. The harness (HARNESS below, our code) sets the resource limits: CPU seconds, address space
-     (memory), file size, open files, processes, no core files; then drops from root to an
-     unprivileged uid of its own (SANDBOX_UID_BASE + a slot number, one uid per program running at the
-     same time, so that RLIMIT_NPROC, which counts all processes of a uid, is not shared between
-     programs). As that uid the program can write only its sandbox directory and world-writable places
-     (/tmp, /dev/shm), cannot touch the grader's files, and cannot signal or inspect (ptrace) the grader.
-  4. Only then does it run the program: for stdio, as __main__ with the case on stdin; for asserts, the
-     program (with __name__ "__solution__", so an `if __name__ == "__main__":` block does not run),
-     then the setup, then each assert under its own timer (timeout_s, SIGALRM).
-  5. This process reads stdout and stderr with a cap (output_bytes; the whole process group is killed
-     on overflow), enforces the wall-clock limit (killpg SIGKILL), and always kills the process group
-     at the end; then it removes the directory.
+tests/test_code_reward.py and tests/test_sandbox.py; `--status` says which are active here)
+  1. A fresh temporary directory (root's, mode 0700) holds only solution.py. Expected outputs and asserts
+     are never written to disk: stdio outputs stay in this (the grader's) process, and the asserts reach
+     the harness through its stdin. A uid is taken from a pool (SANDBOX_UID_BASE + slot), locked with
+     flock so that no other grader on the machine uses it at the same time.
+  2. Cgroups (v1 memory and pids, where they can be created): one of each per run, with memory_mb for the
+     whole program (every process, and the files it writes to its tmpfs) and max_processes processes.
+  3. The command is `unshare -n -p -f --kill-child -m --mount-proc python -I -c INIT ...`, started in its
+     own session: a new network namespace (only a loopback device, which is down: no network, no
+     abstract UNIX sockets of the host), a new PID namespace and a new mount namespace. INIT (our code,
+     pid 1 of the namespace, stays root, never runs the program) enters the run's cgroups, then builds a
+     private filesystem view: a fresh root on tmpfs with read-only bind mounts of /usr, /lib*, /bin and
+     the interpreter's prefixes only, a new /proc, /dev/null, /dev/zero, /dev/(u)random, and size-capped
+     fresh tmpfs on /tmp, /dev/shm and the working directory /sandbox (which gets solution.py); then
+     chroot. The project, /work, /root, /home, /run, the host's /tmp and its UNIX sockets are not there,
+     and whatever the program writes vanishes with the namespace. INIT then forks the harness: resource
+     limits (CPU seconds, address space, file size, open files, processes, no core files),
+     PR_SET_NO_NEW_PRIVS, drop to the uid, then HARNESS (deliberately in that forked interpreter, not a
+     second exec'd one: one interpreter start per run). The environment is not inherited (no API keys).
+  4. Only then does the harness run the program: for stdio, as __main__ with the case on stdin; for
+     asserts, the program (with __name__ "__solution__"), then the setup, then each assert.
+  5. When the harness's process exits, INIT exits and the kernel kills every process left in the PID
+     namespace, even ones that called setsid(); when the grader kills unshare (the deadline, output
+     overflow, or the end of the run), --kill-child kills INIT (its parent-death signal survives because
+     INIT never changes its uid) and so the namespace. Then the grader kills whatever the run's cgroups
+     still list, removes them, kills every remaining process of the uid and checks that none is left: a
+     uid whose processes could not all be killed is never handed out again. Then it removes the directory
+     (walking it by file descriptors: deep trees, read-only files, nothing outside it is changed).
   6. Success cannot be faked by exiting early: in assert mode the harness reports its result on a
      separate pipe (not stdout) only after all tests ran, as one JSON record that must carry a random
      token the grader made for this run. sys.exit(0), os._exit(0), a crash or a kill before that
-     record means no test passed. SystemExit raised inside an assert is a failed assert. (In stdio mode
-     there is nothing to fake: the grader compares the output itself.)
+     record means no test passed. (In stdio mode the grader compares the output itself.)
+  7. Grading one program never raises out of grade_code_batch: any failure (an unreadable record, a
+     cleanup that failed, a broken pipe) gives that program reward 0 and sets its sandbox_errors entry;
+     the other programs' verdicts are untouched. A warning is printed once per kind of failure.
 
 What is NOT isolated (know these before training on untrusted programs)
   - The asserts and the harness run in the program's own interpreter (as in human-eval and every
     in-process assert grader): a program that deliberately inspects the harness's memory (frames, gc)
     can find the asserts and the token and forge the result record, or return objects whose __eq__ is
-    always True. The pipe and token stop accidents and the cheap hacks (exiting early, printing
-    "passed"), not a program written to attack this harness. Read samples of high-reward responses.
-  - Files readable by everyone stay readable (the sandbox uid can read world-readable files, say a
-    dataset with the reference solutions): keep such files in a directory that is not world-readable.
-    World-writable directories (/tmp, /dev/shm) are writable by the sandbox uid and files left there
-    are not cleaned up (RLIMIT_FSIZE caps each file's size, not their number).
-  - CPU and memory are limited per process, not per sandbox: max_processes processes may each use
-    memory_mb; the wall-clock limit bounds how long any of it lasts.
-  - Python's own modules are the interpreter's: a program can import anything installed.
-As a normal (non-root) user: no uid can be dropped to. The command becomes `unshare -r -n -p -f ...`
-(an unprivileged user namespace) where the kernel allows it: network, PID and /proc isolation stay,
-but the program runs with YOUR file permissions (it can delete your files) and RLIMIT_NPROC counts
-all your processes (it is set to your current count plus max_processes). The Python guard (python_guard,
-on by default: os.kill, os.system, os.fork, subprocess, shutil.rmtree, and removing or renaming files
-outside the sandbox directory raise PermissionError) is then the only, weak (ctypes bypasses it),
-defence of your files. Without user namespaces (or without the unshare command) nothing isolates the
-network or the processes: a warning says so once on stderr and sandbox_status() reports it. Run as
-root in a container (or in a VM) for real isolation.
+    always True. Read samples of high-reward responses.
+  - Inside the filesystem view everything under /usr, /lib* and the interpreter's prefixes (with
+    sys.prefix: the virtual environment) is readable: keep datasets and reference solutions elsewhere.
+    Python's own modules are the interpreter's: a program can import anything installed.
+  - The kernel is shared: a kernel exploit escapes every layer here (use a VM or gVisor for that).
+  - CPU time is limited per process (RLIMIT_CPU) and by the wall-clock limit, not per cgroup.
+  - Without cgroups (not root, or no writable cgroup v1 memory/pids hierarchy): memory and processes are
+    limited per process only (RLIMIT_AS, RLIMIT_NPROC): max_processes processes may each use memory_mb.
+As a normal (non-root) user: no uid can be dropped to and no cgroup made. The command becomes
+`unshare -r -n -p -f ...` (an unprivileged user namespace) where the kernel allows it: network, PID
+namespace with INIT, and the filesystem view stay, but the program runs with YOUR uid (inside the view it
+sees only the read-only system directories, but it keeps capabilities inside its user namespace) and
+RLIMIT_NPROC counts all your processes (it is set to your current count plus max_processes). The Python
+guard (python_guard, on by default: os.kill, os.system, os.fork, subprocess, shutil.rmtree, and removing or
+renaming files outside the sandbox directory raise PermissionError) is a weak extra (ctypes bypasses it).
+Without user namespaces (or without the unshare command) nothing isolates the network, the processes or
+the filesystem: a warning says so once on stderr and `--status` reports each missing layer. Run as root in
+a container (or in a VM) for real isolation.
 
 The grader's parallelism is a thread pool (num_workers, default os.cpu_count()): each thread launches
 child processes and waits for them, so the work happens in the children.
