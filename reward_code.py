@@ -324,7 +324,7 @@ else:
 _setup = None
 _setup_lock = threading.Lock()
 _uids_in_use = {}  # uid: the file descriptor holding its lock
-_UID_LOCK_DIRECTORY = os.path.join(tempfile.gettempdir(), "zerorl-sandbox-uids")
+_UID_LOCK_DIRECTORY = os.path.join(tempfile.gettempdir(), "zerorl-uid-locks")
 _uids_quarantined = set()  # uids whose processes could not all be killed
 _uid_lock = threading.Lock()
 
