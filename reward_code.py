@@ -528,7 +528,7 @@ def _kill_every_process_of(uid, patience_s=5.0):
                 os.kill(pid, signal.SIGKILL)
             except (ProcessLookupError, PermissionError):
                 pass
-        time.sleep(0.01)
+        time.sleep(0.001)
     return not _processes_of(uid)
 
 
@@ -576,7 +576,7 @@ def _remove_cgroups(paths, patience_s=5.0):
                     pass
                 except OSError:
                     if time.monotonic() < deadline:  # the last exit is still being accounted
-                        time.sleep(0.01)
+                        time.sleep(0.001)
                         continue
                     ok = False
                 break
@@ -588,7 +588,7 @@ def _remove_cgroups(paths, patience_s=5.0):
             if time.monotonic() > deadline:
                 ok = False
                 break
-            time.sleep(0.005)
+            time.sleep(0.001)
     return ok
 
 
