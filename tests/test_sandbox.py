@@ -28,19 +28,23 @@ def needs(layer):
         pytest.skip(f"{layer}: {state}")
 
 
-def sandbox_processes():
-    """Pids of processes running as any sandbox uid."""
+def processes_named(name):
+    """Pids of processes whose name (/proc/PID/comm, set by the attack with prctl) is `name`: other test runs
+    on this machine may have their own programs running as sandbox uids."""
     found = []
     for entry in os.listdir("/proc"):
         try:
-            if entry.isdigit() and os.stat(f"/proc/{entry}").st_uid >= SANDBOX_UID_BASE:
+            if entry.isdigit() and Path(f"/proc/{entry}/comm").read_text().strip() == name:
                 found.append(int(entry))
         except OSError:
             continue
     return found
 
 
-ESCAPEE = '''
+NAME_ME = "import ctypes\nctypes.CDLL(None).prctl(15, b'zerorl-escapee', 0, 0, 0)  # PR_SET_NAME\n"
+
+
+ESCAPEE = NAME_ME + '''
 import glob, os, time
 os.setsid()  # out of the process group the grader kills
 if os.fork() != 0:  # the original process stays behind; its child goes on to report the tests
@@ -68,17 +72,17 @@ def test_setsid_escapee_cannot_rewrite_later_programs():
     graded = grade_code_batch([fenced(ESCAPEE)] + [wrong] * 5, [spec] * 6, num_workers=1, python_guard=False,
                               timeout_s=1.0)
     assert graded["reward"][1:] == [0.0] * 5, graded
-    assert sandbox_processes() == []  # nothing of any sandbox uid outlives grade_code_batch
+    assert processes_named("zerorl-escapee") == []  # nothing of any sandbox uid outlives grade_code_batch
 
 
 def test_no_process_outlives_its_run():
     needs("pid namespace + trusted init")
-    code = ("import os, time\nos.setsid()\nif os.fork() == 0:\n    os.setsid()\n    time.sleep(30)\n"
+    code = NAME_ME + ("import os, time\nos.setsid()\nif os.fork() == 0:\n    os.setsid()\n    time.sleep(30)\n"
             "def f():\n    return 1")
     graded = grade_code_batch([fenced(code)], [{"kind": "assert", "setup": "", "asserts": ["assert f() == 1"]}],
                               python_guard=False)
     assert graded["correct"] == [True]
-    assert sandbox_processes() == []
+    assert processes_named("zerorl-escapee") == []
 
 
 def test_nested_result_record_and_deep_tree_do_not_crash_the_grader():
