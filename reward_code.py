@@ -381,12 +381,34 @@ def _cgroups_work():
     return _remove_cgroups(made)
 
 
+def _usable_by_everyone(path):
+    """Whether every directory above the file lets others in and the file is readable and executable by others
+    (what the sandbox uid needs on the host)."""
+    path = os.path.realpath(path)
+    try:
+        if os.stat(path).st_mode & 0o005 != 0o005:
+            return False
+        parent = os.path.dirname(path)
+        while True:
+            if not os.stat(parent).st_mode & 0o001:
+                return False
+            if parent == os.path.dirname(parent):
+                return True
+            parent = os.path.dirname(parent)
+    except OSError:
+        return False
+
+
 def _python_candidates():
-    """The interpreter for programs: ours, else the system's (when ours is not readable by other uids)."""
+    """The interpreter for programs: ours, else the system's. As root, those the sandbox uid can use on the
+    host come first (as before the filesystem view, which would make ours usable: a venv with many
+    packages starts slower, and programs keep the same interpreter as without the view)."""
     candidates = [sys.executable]
     for path in ("/usr/bin/python3", "/usr/local/bin/python3"):
         if os.path.exists(path) and os.path.realpath(path) != os.path.realpath(sys.executable):
             candidates.append(path)
+    if os.geteuid() == 0:
+        candidates.sort(key=lambda path: not _usable_by_everyone(path))
     return candidates
 
 
@@ -669,7 +691,8 @@ def _filesystem_view_binds(python):
         elif os.path.isdir(path):
             binds.append(path)
     real = os.path.dirname(os.path.dirname(os.path.realpath(python)))
-    for prefix in {sys.prefix, sys.base_prefix, sys.exec_prefix, real}:
+    ours = {sys.prefix, sys.base_prefix, sys.exec_prefix} if python == sys.executable else set()
+    for prefix in ours | {real}:
         prefix = os.path.realpath(prefix)
         if os.path.isdir(prefix) and not any(prefix == b or prefix.startswith(b + os.sep) for b in binds):
             binds.append(prefix)
