@@ -28,28 +28,38 @@ Test specs (JSON-serializable dicts; data/problems.py builds them from the datas
 A failed test stops the run early unless partial_credit is on (the reward is 0 anyway).
 
 How one program runs (as root on Linux, the normal case in a container; each layer is tested in
-tests/test_code_reward.py)
-  1. A fresh temporary directory holds only solution.py (the program). Expected outputs and asserts are
-     never written to disk: stdio outputs stay in this (the grader's) process, and the asserts reach the
-     harness through its stdin.
-  2. The command is `unshare -n -p -f --kill-child -m --mount-proc python -I -c HARNESS`, started in its
-     own session (so its own process group): a new network namespace (only a loopback device, which is
-     down: no network at all), a new PID namespace (the program sees only its own processes, cannot
-     signal anything outside, and when its first process dies the kernel kills every process it
-     started, even ones that left the process group), and a private /proc. The environment is not
-     inherited (no API keys): PATH, HOME=TMPDIR=the sandbox directory, LANG, one BLAS thread.
-  3. The harness (HARNESS below, our code) sets the resource limits: CPU seconds, address space
-     (memory), file size, open files, processes, no core files; then drops from root to an
-     unprivileged uid of its own (SANDBOX_UID_BASE + a slot number, one uid per program running at the
-     same time, so that RLIMIT_NPROC, which counts all processes of a uid, is not shared between
-     programs). As that uid the program can write only its sandbox directory and world-writable places
-     (/tmp, /dev/shm), cannot touch the grader's files, and cannot signal or inspect (ptrace) the grader.
-  4. Only then does it run the program: for stdio, as __main__ with the case on stdin; for asserts, the
-     program (with __name__ "__solution__", so an `if __name__ == "__main__":` block does not run),
-     after which it only answers the grader's requests (stdin stays empty for the program).
-  5. This process reads stdout and stderr with a cap (output_bytes; the whole process group is killed
-     on overflow), enforces the wall-clock limit (killpg SIGKILL), and always kills the process group
-     at the end; then it removes the directory.
+tests/test_code_reward.py and tests/test_sandbox.py; `--status` says which are active here)
+  1. A fresh temporary directory (root's, mode 0700) holds only solution.py. Expected outputs and asserts
+     are never written to disk: stdio outputs stay in this (the grader's) process, and the tests never
+     enter the sandbox (see "How a verdict is decided"). A uid is taken from a pool (SANDBOX_UID_BASE + slot), locked with
+     flock so that no other grader on the machine uses it at the same time.
+  2. Cgroups (v1 memory and pids, where they can be created): one of each per run, with memory_mb for the
+     whole program (every process, and the files it writes to its tmpfs) and max_processes processes.
+  3. The command is `unshare -n -p -f --kill-child -m --mount-proc python -I -c INIT ...`, started in its
+     own session: a new network namespace (only a loopback device, which is down: no network, no
+     abstract UNIX sockets of the host), a new PID namespace and a new mount namespace. INIT (our code,
+     pid 1 of the namespace, stays root, never runs the program) enters the run's cgroups, then builds a
+     private filesystem view: a fresh root on tmpfs with read-only bind mounts of /usr, /lib*, /bin and
+     the interpreter's prefixes only, a new /proc, /dev/null, /dev/zero, /dev/(u)random, and size-capped
+     fresh tmpfs on /tmp, /dev/shm and the working directory /sandbox (which gets solution.py); then
+     chroot. The project, /work, /root, /home, /run, the host's /tmp and its UNIX sockets are not there,
+     and whatever the program writes vanishes with the namespace. INIT then forks the harness: resource
+     limits (CPU seconds, address space, file size, open files, processes, no core files),
+     PR_SET_NO_NEW_PRIVS, drop to the uid, then HARNESS (deliberately in that forked interpreter, not a
+     second exec'd one: one interpreter start per run). The environment is not inherited (no API keys).
+  4. Only then does the harness run the program: for stdio, as __main__ with the case on stdin; for
+     asserts, the program (with __name__ "__solution__", so an `if __name__ == "__main__":` block does
+     not run), after which it only answers the grader's requests (stdin stays empty for the program).
+  5. When the harness's process exits, INIT exits and the kernel kills every process left in the PID
+     namespace, even ones that called setsid(); when the grader kills unshare (the deadline, output
+     overflow, or the end of the run), --kill-child kills INIT (its parent-death signal survives because
+     INIT never changes its uid) and so the namespace. Then the grader kills whatever the run's cgroups
+     still list, removes them, kills every remaining process of the uid and checks that none is left: a
+     uid whose processes could not all be killed is never handed out again. Then it removes the directory
+     (walking it by file descriptors: deep trees, read-only files, nothing outside it is changed).
+  6. Grading one program never raises out of grade_code_batch: any failure (an unreadable record, a
+     cleanup that failed, a broken pipe) gives that program reward 0 and sets its sandbox_errors entry;
+     the other programs' verdicts are untouched. A warning is printed once per kind of failure.
 
 How a verdict is decided (assert and function_check specs)
   - The grader decides, in its own interpreter. Each test's code (an MBPP assert, test_setup_code,
@@ -81,23 +91,24 @@ How a verdict is decided (assert and function_check specs)
 
 What is NOT isolated (know these before training on untrusted programs)
   - The in-process tests above (in_process_tests) run in the program's interpreter: there a program
-    that inspects the harness can forge their verdicts.
-  - Files readable by everyone stay readable (the sandbox uid can read world-readable files, say a
-    dataset with the reference solutions): keep such files in a directory that is not world-readable.
-    World-writable directories (/tmp, /dev/shm) are writable by the sandbox uid and files left there
-    are not cleaned up (RLIMIT_FSIZE caps each file's size, not their number).
-  - CPU and memory are limited per process, not per sandbox: max_processes processes may each use
-    memory_mb; the wall-clock limit bounds how long any of it lasts.
-  - Python's own modules are the interpreter's: a program can import anything installed.
-As a normal (non-root) user: no uid can be dropped to. The command becomes `unshare -r -n -p -f ...`
-(an unprivileged user namespace) where the kernel allows it: network, PID and /proc isolation stay,
-but the program runs with YOUR file permissions (it can delete your files) and RLIMIT_NPROC counts
-all your processes (it is set to your current count plus max_processes). The Python guard (python_guard,
-on by default: os.kill, os.system, os.fork, subprocess, shutil.rmtree, and removing or renaming files
-outside the sandbox directory raise PermissionError) is then the only, weak (ctypes bypasses it),
-defence of your files. Without user namespaces (or without the unshare command) nothing isolates the
-network or the processes: a warning says so once on stderr and sandbox_status() reports it. Run as
-root in a container (or in a VM) for real isolation.
+    that inspects the harness can forge their verdicts. Read samples of high-reward responses.
+  - Inside the filesystem view everything under /usr, /lib* and the interpreter's prefixes (with
+    sys.prefix: the virtual environment) is readable: keep datasets and reference solutions elsewhere.
+    Python's own modules are the interpreter's: a program can import anything installed.
+  - The kernel is shared: a kernel exploit escapes every layer here (use a VM or gVisor for that).
+  - CPU time is limited per process (RLIMIT_CPU) and by the wall-clock limit, not per cgroup.
+  - Without cgroups (not root, or no writable cgroup v1 memory/pids hierarchy): memory and processes are
+    limited per process only (RLIMIT_AS, RLIMIT_NPROC): max_processes processes may each use memory_mb.
+As a normal (non-root) user: no uid can be dropped to and no cgroup made. The command becomes
+`unshare -r -n -p -f ...` (an unprivileged user namespace) where the kernel allows it: network, PID
+namespace with INIT, and the filesystem view stay, but the program runs with YOUR uid (inside the view it
+sees only the read-only system directories, but it keeps capabilities inside its user namespace) and
+RLIMIT_NPROC counts all your processes (it is set to your current count plus max_processes). The Python
+guard (python_guard, on by default: os.kill, os.system, os.fork, subprocess, shutil.rmtree, and removing or
+renaming files outside the sandbox directory raise PermissionError) is a weak extra (ctypes bypasses it).
+Without user namespaces (or without the unshare command) nothing isolates the network, the processes or
+the filesystem: a warning says so once on stderr and `--status` reports each missing layer. Run as root in
+a container (or in a VM) for real isolation.
 
 The grader's parallelism is a thread pool (num_workers, default os.cpu_count()): each thread launches
 child processes and waits for them, so the work happens in the children.
@@ -106,6 +117,7 @@ child processes and waits for them, so the work happens in the children.
 import argparse
 import ast
 import builtins
+import fcntl
 import functools
 import hashlib
 import importlib
@@ -227,19 +239,13 @@ exec(CODEC)  # defines encode_value and decode_value here, in the grader, from t
 
 #### The harness: our code, the first thing that runs inside the sandbox
 #
-# `python -I -c HARNESS CONFIG_JSON`. CONFIG_JSON holds the limits, the uid to drop to and the mode,
-# never test data. In assert mode the tests come on stdin (read to the end before the program runs,
-# so the program finds stdin empty) and the result goes to the pipe `result_fd`.
+# Run by INIT's forked child after the limits and the uid drop, with sys.argv as `python -I -c HARNESS
+# CONFIG_JSON` would set it. CONFIG_JSON holds the mode and the pipes, never test data: in assert mode
+# requests come on `request_fd` and answers go to `result_fd`; stdin stays empty for the program.
 
 HARNESS = r'''
 import json, os, resource, signal, sys
-config = json.loads(sys.argv[1])
-for name, value in config["rlimits"].items():
-    resource.setrlimit(getattr(resource, name), (value, value))
-if config["uid"] is not None:
-    os.setgroups([])
-    os.setgid(config["uid"])
-    os.setuid(config["uid"])
+config = json.loads(sys.argv[1])  # limits and the uid were set by INIT before this code runs
 with open("solution.py") as file:
     program = file.read()
 
@@ -349,11 +355,99 @@ os._exit(0)  # no atexit handlers, no waiting for the program's threads
 '''
 
 
+#### The trusted init: our code, the first process of the sandbox's PID namespace (pid 1)
+#
+# `python -I -c INIT INIT_CONFIG HARNESS HARNESS_CONFIG`, as root. It stays root and never runs the
+# program: it enters the run's cgroups, builds the private filesystem view, then forks one child that sets
+# the rlimits and no_new_privs, drops to the sandbox uid and runs the harness. When that child exits, init
+# exits, and the kernel kills every process left in the PID namespace (setsid() does not help them: the
+# namespace, not the process group, is what dies). `unshare --kill-child` kills init (and so all of them)
+# when unshare is killed; init's parent-death signal stays set because init never changes its uid.
+
+INIT = r"""
+import ctypes, json, os, resource, sys
+config = json.loads(sys.argv[1])
+libc = ctypes.CDLL(None, use_errno=True)
+def mount(source, target, fstype, flags, data):
+    if libc.mount(source.encode(), target.encode(), fstype.encode() if fstype else None, flags,
+                  data.encode() if data else None) != 0:
+        error = ctypes.get_errno()
+        raise OSError(error, os.strerror(error), target)
+RDONLY, NOSUID, NODEV, NOEXEC, REMOUNT, BIND, REC, PRIVATE = 1, 2, 4, 8, 32, 4096, 16384, 1 << 18
+for group in config["cgroups"]:  # before anything untrusted exists: every later process is counted
+    with open(group + "/cgroup.procs", "w") as file:
+        file.write("0")
+uid = config["uid"]
+if config["view"]:
+    root = os.getcwd()  # the host's sandbox directory; in this mount namespace a fresh tmpfs covers it
+    with open("solution.py", "rb") as file:
+        program = file.read()
+    mount("none", "/", None, REC | PRIVATE, None)  # nothing mounted below propagates to the host
+    mount("tmpfs", root, "tmpfs", NOSUID | NODEV, "size=1m,nr_inodes=256,mode=755")
+    for path in config["binds"]:
+        target = root + path
+        os.makedirs(target, mode=0o755, exist_ok=True)
+        mount(path, target, None, BIND | REC, None)
+        mount("none", target, None, BIND | REMOUNT | RDONLY | NOSUID | NODEV, None)
+    for path, points_to in config["links"]:
+        os.symlink(points_to, root + path)
+    for place in ("/tmp", "/dev/shm", "/sandbox"):
+        os.makedirs(root + place, mode=0o755, exist_ok=True)
+        mount("tmpfs", root + place, "tmpfs", NOSUID | NODEV,
+              f"size={config['tmpfs_bytes']},nr_inodes={config['tmpfs_files']},mode=1777")
+    for device in ("null", "zero", "random", "urandom"):
+        open(root + "/dev/" + device, "w").close()
+        mount("/dev/" + device, root + "/dev/" + device, None, BIND, None)
+    os.makedirs(root + "/proc")
+    mount("proc", root + "/proc", "proc", NOSUID | NODEV | NOEXEC, None)
+    with open(root + "/sandbox/solution.py", "wb") as file:
+        file.write(program)
+    os.chmod(root + "/sandbox", 0o700)
+    if uid is not None:
+        os.chown(root + "/sandbox", uid, uid)
+        os.chown(root + "/sandbox/solution.py", uid, uid)
+    os.chroot(root)
+    os.chdir("/sandbox")
+child = os.fork()
+if child == 0:
+    try:
+        for name, value in config["rlimits"].items():
+            resource.setrlimit(getattr(resource, name), (value, value))
+        if libc.prctl(38, 1, 0, 0, 0) != 0:  # PR_SET_NO_NEW_PRIVS: no setuid binary gives root back
+            raise OSError(ctypes.get_errno(), "prctl")
+        if uid is not None:
+            os.setgroups([])
+            os.setgid(uid)
+            os.setuid(uid)
+        harness = compile(sys.argv[2], "<string>", "exec")
+        sys.argv = ["-c", sys.argv[3]]
+    except BaseException:
+        os._exit(126)  # the harness could not start: no result record, nothing passed
+    # Deliberate: the harness runs in this forked interpreter (as `python -I -c HARNESS` would, already
+    # started), not in a second exec'd one: one interpreter start per run instead of two.
+    exec(harness, {"__name__": "__main__", "__builtins__": __builtins__})
+else:
+    os.closerange(0, 1 << 16)  # the pipes are the harness's: the grader sees them close when its processes do
+    status = 1
+    while True:  # reap every orphan the program leaves (pid 1 inherits them) until the harness is done
+        try:
+            done, status = os.wait()
+        except ChildProcessError:
+            break
+        if done == child:
+            break
+    code = os.waitstatus_to_exitcode(status)
+    os._exit(code if code >= 0 else 128 - code)
+"""
+
+
 #### Setting up: which isolation layers work here (probed once)
 
 _setup = None
 _setup_lock = threading.Lock()
-_uids_in_use = set()
+_uids_in_use = {}  # uid: the file descriptor holding its lock
+_UID_LOCK_DIRECTORY = os.path.join(tempfile.gettempdir(), "zerorl-uid-locks")
+_uids_quarantined = set()  # uids whose processes could not all be killed
 _uid_lock = threading.Lock()
 
 
@@ -367,97 +461,174 @@ _PROBE_PROGRAM = '''
 import fractions, os, socket  # fractions: a module the harness has not imported, read as the sandbox uid
 interfaces = sorted(name for _, name in socket.if_nameindex())
 uid = os.getuid()
+parent = os.getppid()
+with open("/proc/mounts") as file:
+    mounts = [line.split()[1:3] for line in file]
+private = [place for place in ("/tmp", "/dev/shm") if [place, "tmpfs"] in mounts]
 '''
 
 
-def _probe(python, unshare_prefix, uid):
-    """Run a tiny program through the full sandbox; its uid and network interfaces, or None if it fails."""
-    result = _run_sandboxed(program=_PROBE_PROGRAM, mode="assert",
-                            tests={"setup": "", "asserts": ["print(json.dumps([uid, interfaces]))"]},
-                            python=python, unshare_prefix=unshare_prefix, uid=uid, timeout_s=10.0,
-                            memory_mb=DEFAULT_MEMORY_MB, output_bytes=4096, max_open_files=DEFAULT_MAX_OPEN_FILES,
-                            max_processes=DEFAULT_MAX_PROCESSES, max_file_bytes=DEFAULT_MAX_FILE_BYTES,
-                            python_guard=False, stop_at_first_failure=True, setup_line="import json\n")
+def _probe(python, unshare_prefix, uid, view, use_cgroups):
+    """Run a tiny program through the full sandbox: {"uid", "interfaces", "parent" (its parent's pid: 1
+    under INIT in a PID namespace), "private" (/tmp, /dev/shm on their own tmpfs), "grader_visible"}, or
+    None if it fails."""
+    grader = os.path.dirname(os.path.abspath(__file__))
+    line = f"print(json.dumps([uid, interfaces, parent, private, os.path.exists({grader!r})]))"
+    uid = _take_uid() if uid is not None else None  # locked like any run's: another grader may be running
+    try:
+        result = _run_sandboxed(program=_PROBE_PROGRAM, mode="assert", tests={"setup": "", "asserts": [line]},
+                                python=python, unshare_prefix=unshare_prefix, uid=uid, timeout_s=10.0,
+                                memory_mb=DEFAULT_MEMORY_MB, output_bytes=4096,
+                                max_open_files=DEFAULT_MAX_OPEN_FILES, max_processes=DEFAULT_MAX_PROCESSES,
+                                max_file_bytes=DEFAULT_MAX_FILE_BYTES, python_guard=False,
+                                stop_at_first_failure=True, setup_line="import json\n", view=view,
+                                use_cgroups=use_cgroups)
+    except (OSError, SandboxError):
+        return None
+    finally:
+        if uid is not None:
+            _give_back_uid(uid)
     if result["passed"] != [True]:
         return None
-    return json.loads(result["stdout"].strip().splitlines()[-1])
+    found = json.loads(result["stdout"].strip().splitlines()[-1])
+    return dict(zip(("uid", "interfaces", "parent", "private", "grader_visible"), found))
+
+
+def _cgroups_work():
+    """Whether this process can create a memory and a pids cgroup (cgroup v1, as root)."""
+    try:
+        made = _make_cgroups(f"zerorl-probe-{os.getpid()}", memory_mb=64, max_processes=8)
+    except OSError:
+        return False
+    return _remove_cgroups(made)
+
+
+def _usable_by_everyone(path):
+    """Whether every directory above the file lets others in and the file is readable and executable by others
+    (what the sandbox uid needs on the host)."""
+    path = os.path.realpath(path)
+    try:
+        if os.stat(path).st_mode & 0o005 != 0o005:
+            return False
+        parent = os.path.dirname(path)
+        while True:
+            if not os.stat(parent).st_mode & 0o001:
+                return False
+            if parent == os.path.dirname(parent):
+                return True
+            parent = os.path.dirname(parent)
+    except OSError:
+        return False
 
 
 def _python_candidates():
-    """The interpreter for programs: ours, else the system's (when ours is not readable by other uids)."""
+    """The interpreter for programs: ours, else the system's. As root, those the sandbox uid can use on the
+    host come first (as before the filesystem view, which would make ours usable: a venv with many
+    packages starts slower, and programs keep the same interpreter as without the view)."""
     candidates = [sys.executable]
     for path in ("/usr/bin/python3", "/usr/local/bin/python3"):
         if os.path.exists(path) and os.path.realpath(path) != os.path.realpath(sys.executable):
             candidates.append(path)
+    if os.geteuid() == 0:
+        candidates.sort(key=lambda path: not _usable_by_everyone(path))
     return candidates
 
 
 def sandbox_setup():
-    """How programs run here, decided once: {"python", "unshare_prefix", "drop_uid", "status"}."""
+    """How programs run here, decided once: {"python", "unshare_prefix", "drop_uid", "view", "cgroups",
+    "layers" ({layer: "active ..." or "MISSING ..."}), "status"}."""
     global _setup
     with _setup_lock:
         if _setup is not None:
             return _setup
         as_root = os.geteuid() == 0
         unshare = shutil.which("unshare")
-        notes, chosen = [], None
+        use_cgroups = as_root and _cgroups_work()
         candidates = [[unshare] + flags for flags in _namespace_flags(as_root)] if unshare else []
-        for prefix in candidates + [[]]:
-            for python in _python_candidates():
-                found = _probe(python, prefix, SANDBOX_UID_BASE if as_root else None)
-                if found is not None:
-                    chosen = (prefix, python, as_root, found)
-                    break
-            if chosen:
+        attempts = [(prefix, python, uid, view) for uid in ([SANDBOX_UID_BASE] if as_root else []) + [None]
+                    for prefix in candidates + [[]] for python in _python_candidates()
+                    for view in ((True, False) if "-m" in prefix else (False,))]
+        chosen = None
+        for prefix, python, uid, view in attempts:
+            if uid is None and as_root:
+                python = sys.executable  # the uid cannot read any interpreter: run as root, say so
+            found = _probe(python, prefix, uid, view, use_cgroups)
+            if found is not None:
+                chosen = (prefix, python, uid is not None, view, found)
                 break
-        if chosen is None and as_root:  # the uid cannot read any interpreter: run as root, say so
-            for prefix in candidates + [[]]:
-                found = _probe(sys.executable, prefix, None)
-                if found is not None:
-                    chosen = (prefix, sys.executable, False, found)
-                    notes.append("NOT dropping root: no interpreter is readable by an unprivileged uid")
-                    break
         if chosen is None:
             raise RuntimeError("reward_code: cannot run a Python program at all (not even without a sandbox)")
-        prefix, python, drop_uid, (uid, interfaces) = chosen
+        prefix, python, drop_uid, view, found = chosen
         flags = " ".join(prefix[1:])
-        if prefix and interfaces == ["lo"]:
-            network = f"isolated (unshare {flags})"
-        else:
-            network = "NOT isolated (" + ("unshare is not installed" if not unshare else
-                                           "the kernel refuses new namespaces here") + ")"
-            notes.append("programs can reach the network")
-        pids = ("own PID namespace and /proc" if "-p" in prefix else
-                "NOT isolated (programs can see and signal this user's processes)")
-        user = (f"programs run as uid {SANDBOX_UID_BASE}+slot (root drops privileges)" if drop_uid else
-                f"programs run as this user (uid {os.geteuid()}): they can touch this user's files")
+        layers = {
+            "network": (f"active (unshare {flags}: only a loopback device, down)" if prefix and
+                        found["interfaces"] == ["lo"] else "MISSING: " + (
+                            "unshare is not installed" if not unshare else "the kernel refuses new namespaces")),
+            "pid namespace + trusted init": (
+                "active (the program's processes all die with INIT, setsid or not)" if "-p" in prefix and
+                found["parent"] == 1 else "MISSING: programs can see and signal this user's processes; what "
+                "they leave running is killed only by uid" + ("" if drop_uid else " (not at all: no uid)")),
+            "uid": (f"active (uid {SANDBOX_UID_BASE}+slot, no_new_privs, killed and checked after each run)"
+                    if drop_uid else f"MISSING: programs run as this user (uid {os.geteuid()}) and can touch "
+                                     "its files"),
+            "cgroup memory/pids": ("active (one v1 memory and pids cgroup per run: memory_mb for the whole "
+                                   "program, max_processes processes)" if use_cgroups else
+                                   "MISSING: memory and processes limited per process (rlimits) only"),
+            "private /tmp /dev/shm": ("active (fresh size-capped tmpfs per run)" if view and
+                                      sorted(found["private"]) == ["/dev/shm", "/tmp"] else
+                                      "MISSING: /tmp and /dev/shm are the host's; files left there persist"),
+            "filesystem view": ("active (a private root: read-only /usr, /lib*, the interpreter; no /work, "
+                                "/root, /run, /home; the working directory is a tmpfs)" if view and
+                                not found["grader_visible"] else
+                                "MISSING: every world-readable file of the host is readable, host UNIX "
+                                "sockets are reachable"),
+        }
         interpreter = "" if python == sys.executable else f"; programs run with {python} (sys.executable " \
                                                           "is not readable by the sandbox uid)"
-        status = (f"network: {network}; processes: {pids}; user: {user}; limits: wall and CPU time, "
-                  f"memory (RLIMIT_AS), output, file size, open files, processes{interpreter}")
-        if notes:
-            print(f"reward_code: WARNING: weak sandbox: {'; '.join(notes)}. {status}", file=sys.stderr)
-        _setup = {"python": python, "unshare_prefix": prefix, "drop_uid": drop_uid, "status": status}
+        status = "\n".join(f"{name:30s} {state}" for name, state in layers.items())
+        status += ("\nlimits: wall and CPU time, memory (RLIMIT_AS per process" +
+                   (" and the cgroup per program" if use_cgroups else "") +
+                   "), output, file size, open files, processes" + interpreter)
+        missing = [name for name, state in layers.items() if state.startswith("MISSING")]
+        if missing:
+            print(f"reward_code: WARNING: weak sandbox, missing layers: {', '.join(missing)}. "
+                  "Run `python reward_code.py --status` for details.", file=sys.stderr)
+        _setup = {"python": python, "unshare_prefix": prefix, "drop_uid": drop_uid, "view": view,
+                  "cgroups": use_cgroups, "layers": layers, "status": status}
         return _setup
 
 
 def sandbox_status():
-    """One line: which isolation layers are active on this machine."""
+    """Which isolation layers are active on this machine: one line per layer."""
     return sandbox_setup()["status"]
 
 
 def _take_uid():
+    """A free sandbox uid: free in this process and locked (flock) against every other grader on the machine,
+    since each run kills every process of its uid (two trainings or test runs must never share one)."""
+    os.makedirs(_UID_LOCK_DIRECTORY, mode=0o700, exist_ok=True)
     with _uid_lock:
         slot = 0
-        while SANDBOX_UID_BASE + slot in _uids_in_use:
+        while True:
+            uid = SANDBOX_UID_BASE + slot
             slot += 1
-        _uids_in_use.add(SANDBOX_UID_BASE + slot)
-        return SANDBOX_UID_BASE + slot
+            if uid in _uids_in_use or uid in _uids_quarantined:
+                continue
+            fd = os.open(os.path.join(_UID_LOCK_DIRECTORY, str(uid)), os.O_RDWR | os.O_CREAT, 0o600)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                os.close(fd)
+                continue
+            _uids_in_use[uid] = fd
+            return uid
 
 
 def _give_back_uid(uid):
     with _uid_lock:
-        _uids_in_use.discard(uid)
+        fd = _uids_in_use.pop(uid, None)
+        if fd is not None and uid not in _uids_quarantined:
+            os.close(fd)  # releases the lock; a quarantined uid stays locked until this process ends
 
 
 def _processes_of_this_user():
@@ -474,44 +645,250 @@ def _processes_of_this_user():
     return count
 
 
-def _wait_until_no_process_of(uid, patience_s=5.0):
-    """After a SIGKILL the kernel tears the PID namespace down in the background: wait for it."""
+def _processes_of(uid):
+    """Host pids of every live process whose uid is `uid` (a zombie runs nothing: its parent reaps it)."""
+    found = []
+    for entry in os.listdir("/proc"):
+        try:
+            if entry.isdigit() and os.stat(f"/proc/{entry}").st_uid == uid:
+                with open(f"/proc/{entry}/stat") as file:
+                    if file.read().rpartition(")")[2].split()[0] != "Z":
+                        found.append(int(entry))
+        except (OSError, IndexError):
+            continue
+    return found
+
+
+def _kill_every_process_of(uid, patience_s=5.0):
+    """SIGKILL every process of the uid until none is left (a PID namespace dies in the background, and a
+    process may fork while we kill). True when none is left: only then may the uid run another program."""
     deadline = time.monotonic() + patience_s
     while time.monotonic() < deadline:
-        alive = False
-        for entry in os.listdir("/proc"):
-            try:
-                alive = entry.isdigit() and os.stat(f"/proc/{entry}").st_uid == uid
-            except OSError:
-                continue
-            if alive:
-                break
+        alive = _processes_of(uid)
         if not alive:
-            return
-        time.sleep(0.01)
+            return True
+        for pid in alive:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+        time.sleep(0.001)
+    return not _processes_of(uid)
+
+
+#### One cgroup per run (cgroup v1: memory and pids), where the machine lets us create them
+
+CGROUP_ROOTS = {"memory": "/sys/fs/cgroup/memory", "pids": "/sys/fs/cgroup/pids"}
+
+
+def _make_cgroups(name, *, memory_mb, max_processes):
+    """Create the run's memory and pids cgroups with their limits; their paths (INIT enters them)."""
+    made = []
+    try:
+        for controller, root in CGROUP_ROOTS.items():
+            path = os.path.join(root, name)
+            os.mkdir(path)
+            made.append(path)
+            if controller == "memory":  # the whole program: every process, and its tmpfs files
+                limits = [("memory.limit_in_bytes", memory_mb << 20), ("memory.memsw.limit_in_bytes", memory_mb << 20)]
+            else:
+                limits = [("pids.max", max_processes)]
+            for file_name, value in limits:
+                if os.path.exists(os.path.join(path, file_name)):
+                    with open(os.path.join(path, file_name), "w") as file:
+                        file.write(str(value))
+    except OSError:
+        _remove_cgroups(made)
+        raise
+    return made
+
+
+def _remove_cgroups(paths, patience_s=5.0):
+    """Kill whatever each cgroup still lists until it is empty, then remove it. True when all are gone."""
+    deadline, ok = time.monotonic() + patience_s, True
+    for path in paths:
+        while True:
+            try:
+                with open(os.path.join(path, "cgroup.procs")) as file:
+                    pids = [int(line) for line in file if line.strip()]
+            except (OSError, ValueError):
+                break
+            if not pids:
+                try:
+                    os.rmdir(path)
+                except FileNotFoundError:
+                    pass
+                except OSError:
+                    if time.monotonic() < deadline:  # the last exit is still being accounted
+                        time.sleep(0.001)
+                        continue
+                    ok = False
+                break
+            for pid in pids:
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except (ProcessLookupError, PermissionError):
+                    pass
+            if time.monotonic() > deadline:
+                ok = False
+                break
+            time.sleep(0.001)
+    return ok
 
 
 #### Running one program
 
-def _sandbox_environment(directory):
-    return {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": directory, "TMPDIR": directory, "LANG": "C.UTF-8",
+def _sandbox_environment(directory, view):
+    home = "/sandbox" if view else directory
+    return {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": home, "TMPDIR": home, "LANG": "C.UTF-8",
             "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 
 
 def _remove_directory(directory):
-    def make_writable_and_retry(function, path, _):
-        os.chmod(os.path.dirname(path), 0o700)  # a program may have made its files read-only
-        function(path)
-    shutil.rmtree(directory, onerror=make_writable_and_retry)
+    """Remove the sandbox directory, never touching anything outside it and never raising (deep trees,
+    paths longer than PATH_MAX, read-only directories, a directory the program removed itself). It walks
+    with directory file descriptors, one level open at a time, going back up through "..": no recursion,
+    no long paths, no symlink followed. Returns True when the directory is gone."""
+    flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW
+    try:
+        fd = os.open(directory, flags)
+    except FileNotFoundError:
+        return True
+    except OSError:
+        return False
+    names = []  # the path from `directory` down to fd, one name per level
+    try:
+        while True:
+            try:
+                os.fchmod(fd, 0o700)  # a directory inside the sandbox directory: ours to change
+                entries = [(entry.name, entry.is_dir(follow_symlinks=False)) for entry in os.scandir(fd)]
+            except OSError:
+                return False
+            child = next((name for name, is_directory in entries if is_directory), None)
+            for name, is_directory in entries:
+                if not is_directory:
+                    try:
+                        os.unlink(name, dir_fd=fd)
+                    except OSError:
+                        return False  # cannot happen as the owner; never loop on it
+            if child is not None:
+                try:
+                    child_fd = os.open(child, flags, dir_fd=fd)
+                except OSError:
+                    return False
+                os.close(fd)
+                fd = child_fd
+                names.append(child)
+                continue
+            if not names:
+                break
+            try:
+                parent_fd = os.open("..", flags, dir_fd=fd)
+            except OSError:
+                return False
+            os.close(fd)
+            fd = parent_fd
+            try:
+                os.rmdir(names.pop(), dir_fd=fd)
+            except OSError:
+                return False
+    finally:
+        os.close(fd)
+    try:
+        os.rmdir(directory)
+    except FileNotFoundError:
+        pass
+    except OSError:
+        return False
+    return True
+
+
+def _filesystem_view_binds(python):
+    """What the interpreter needs, bound read-only into the private root: the system directories and the
+    interpreters' prefixes. Top-level symlinks (/bin -> usr/bin on merged-/usr systems) are recreated."""
+    binds, links = [], []
+    for path in ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32"):
+        if os.path.islink(path):
+            links.append((path, os.readlink(path)))
+        elif os.path.isdir(path):
+            binds.append(path)
+    real = os.path.dirname(os.path.dirname(os.path.realpath(python)))
+    ours = {sys.prefix, sys.base_prefix, sys.exec_prefix} if python == sys.executable else set()
+    for prefix in ours | {real}:
+        prefix = os.path.realpath(prefix)
+        if os.path.isdir(prefix) and not any(prefix == b or prefix.startswith(b + os.sep) for b in binds):
+            binds.append(prefix)
+    return binds, links
+
+
+def _start_run(*, directory, program, python, unshare_prefix, uid, view, use_cgroups, memory_mb, max_processes,
+               rlimits, harness_config, pass_fds):
+    """Write the program, create the run's cgroups, start unshare + INIT (which starts the harness).
+    Returns (process, cgroups)."""
+    with open(os.path.join(directory, "solution.py"), "w") as file:
+        file.write(program)
+    os.chmod(directory, 0o700)
+    if uid is not None and not view:  # without the private view the program works in this directory
+        os.chown(directory, uid, uid)
+        os.chown(os.path.join(directory, "solution.py"), uid, uid)
+    cgroups = (_make_cgroups(f"zerorl-{os.getpid()}-{os.path.basename(directory)}", memory_mb=memory_mb,
+                             max_processes=max_processes) if use_cgroups else [])
+    binds, links = _filesystem_view_binds(python) if view else ([], [])
+    init_config = {"cgroups": cgroups, "uid": uid, "view": view, "binds": binds, "links": links,
+                   "tmpfs_bytes": 4 * rlimits["RLIMIT_FSIZE"], "tmpfs_files": 1024, "rlimits": rlimits}
+    command = list(unshare_prefix) + [python, "-I", "-c", INIT, json.dumps(init_config), HARNESS,
+                                      json.dumps(harness_config)]
+    try:
+        process = subprocess.Popen(command, cwd=directory, env=_sandbox_environment(directory, view),
+                                   stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                   pass_fds=pass_fds, start_new_session=True)
+    except BaseException:
+        _remove_cgroups(cgroups)
+        raise
+    return process, cgroups
+
+
+def _end_run(*, process, cgroups, uid, directory):
+    """Kill everything the run started, wait until its uid has no process, remove its cgroups and its
+    directory. Never raises; returns the list of what went wrong (empty when all is clean)."""
+    problems = []
+    if process is not None:
+        try:  # the pipes closed: unshare exits on its own at once (its status is the program's)
+            process.wait(timeout=0.5)
+        except subprocess.TimeoutExpired:
+            pass
+        try:  # unshare and INIT: with INIT gone the kernel kills the whole PID namespace
+            os.killpg(process.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            problems.append("unshare did not exit")
+    if not _remove_cgroups(cgroups):
+        problems.append("a cgroup could not be emptied or removed")
+    if uid is not None and not _kill_every_process_of(uid):
+        problems.append(f"processes of uid {uid} survived")
+    if not _remove_directory(directory):
+        problems.append("the sandbox directory could not be removed")
+    return problems
+
+
+class SandboxError(RuntimeError):
+    """One run's isolation or cleanup failed: that program gets reward 0 and counts in sandbox_errors."""
 
 
 def _run_sandboxed(*, program, mode, tests=None, stdin="", python, unshare_prefix, uid, timeout_s, memory_mb,
                    output_bytes, max_open_files, max_processes, max_file_bytes, python_guard,
-                   stop_at_first_failure, setup_line="", plan=None):
+                   stop_at_first_failure, setup_line="", plan=None, view=None, use_cgroups=None):
     """Run one program once. mode "stdio": `stdin` is its input; mode "assert": `tests` is
     {"setup", "asserts"} and `plan` (see _test_plan) says how each test is decided; without a plan every
     test runs in the program's interpreter (the sandbox probe). Returns {"stdout", "stderr", "returncode",
-    "passed" (assert mode: a bool per assert), "timed_out", "output_overflow", "seconds", "in_process_tests"}."""
+    "passed" (assert mode: a bool per assert), "timed_out", "output_overflow", "seconds", "in_process_tests"}.
+    view / use_cgroups: the private filesystem view and the per-run cgroups (None: as sandbox_setup chose).
+    Raises SandboxError when the run could not be torn down cleanly."""
+    view = bool(_setup and _setup["view"]) if view is None else view
+    use_cgroups = bool(_setup and _setup["cgroups"]) if use_cgroups is None else use_cgroups
     count = len(tests["asserts"]) if mode == "assert" else 1
     wall_s = STARTUP_ALLOWANCE_S + timeout_s * (count + (2 if mode == "assert" else 0))  # + program, setup
     if mode == "assert" and plan is None:
@@ -521,28 +898,21 @@ def _run_sandboxed(*, program, mode, tests=None, stdin="", python, unshare_prefi
     token = secrets.token_hex(16)
     result_read, result_write = os.pipe()
     request_read, request_write = os.pipe() if mode == "assert" else (None, None)
-    process, timed_out, overflow = None, False, False
+    process, cgroups, timed_out, overflow = None, [], False, False
     verdict = {"passed": [False] * count, "in_process_tests": 0}
     try:
-        with open(os.path.join(directory, "solution.py"), "w") as file:
-            file.write(program)
-        if uid is not None:
-            os.chown(directory, uid, uid)
-            os.chown(os.path.join(directory, "solution.py"), uid, uid)
-        os.chmod(directory, 0o700)
         processes_limit = max_processes if uid is not None or os.geteuid() == 0 else \
             _processes_of_this_user() + max_processes
-        config = {"mode": mode, "uid": uid, "guard": python_guard, "timeout_s": timeout_s, "result_fd": result_write,
-                  "request_fd": request_read, "value_depth": VALUE_DEPTH, "argument_depth": ARGUMENT_DEPTH,
-                  "rlimits": {"RLIMIT_CPU": math.ceil(wall_s), "RLIMIT_AS": memory_mb << 20,
-                              "RLIMIT_FSIZE": max_file_bytes, "RLIMIT_NOFILE": max_open_files,
-                              "RLIMIT_NPROC": processes_limit, "RLIMIT_CORE": 0}}
-        command = list(unshare_prefix) + [python, "-I", "-c", HARNESS, json.dumps(config)]
+        rlimits = {"RLIMIT_CPU": math.ceil(wall_s), "RLIMIT_AS": memory_mb << 20, "RLIMIT_FSIZE": max_file_bytes,
+                   "RLIMIT_NOFILE": max_open_files, "RLIMIT_NPROC": processes_limit, "RLIMIT_CORE": 0}
+        config = {"mode": mode, "guard": python_guard, "timeout_s": timeout_s, "result_fd": result_write,
+                  "request_fd": request_read, "value_depth": VALUE_DEPTH, "argument_depth": ARGUMENT_DEPTH}
         start = time.monotonic()
-        process = subprocess.Popen(command, cwd=directory, env=_sandbox_environment(directory),
-                                   stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                   pass_fds=(result_write,) + ((request_read,) if mode == "assert" else ()),
-                                   start_new_session=True)
+        process, cgroups = _start_run(directory=directory, program=program, python=python,
+                                      unshare_prefix=unshare_prefix, uid=uid, view=view, use_cgroups=use_cgroups,
+                                      memory_mb=memory_mb, max_processes=max_processes, rlimits=rlimits,
+                                      harness_config=config,
+                                      pass_fds=(result_write,) + ((request_read,) if mode == "assert" else ()))
         os.close(result_write)
         result_write = None
         if mode == "stdio":
@@ -557,18 +927,15 @@ def _run_sandboxed(*, program, mode, tests=None, stdin="", python, unshare_prefi
             outputs, overflow, timed_out = _close_channel(channel)
             request_write = None
     finally:
-        if process is not None:
-            try:  # always: whatever the program left running in its process group dies with it
-                os.killpg(process.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-            process.wait()
-            if uid is not None and (timed_out or overflow):
-                _wait_until_no_process_of(uid)  # killed: the next program of this uid starts from zero
         for fd in (result_read, result_write, request_read, request_write):
             if fd is not None:
                 os.close(fd)
-        _remove_directory(directory)
+        problems = _end_run(process=process, cgroups=cgroups, uid=uid, directory=directory)
+        if problems and uid is not None and any("uid" in problem for problem in problems):
+            with _uid_lock:
+                _uids_quarantined.add(uid)  # never handed out again in this process
+    if problems:
+        raise SandboxError("; ".join(problems))
     seconds = time.monotonic() - start
     return {"stdout": outputs["stdout"].decode("utf-8", errors="replace"),
             "stderr": outputs["stderr"].decode("utf-8", errors="replace"), "returncode": process.returncode,
@@ -646,7 +1013,7 @@ def _open_channel(process, request_write, result_read, token, output_bytes, wall
             "wall_deadline": wall_deadline, "over": None}
 
 
-def _end_run(channel, reason):
+def _end_channel(channel, reason):
     channel["over"] = reason
     raise _RunOver(reason)
 
@@ -657,11 +1024,11 @@ def _take_answer(channel):
     newline = buffer.find(b"\n", 0, 24)
     if newline < 0:
         if len(buffer) >= 24:
-            _end_run(channel, "malformed")
+            _end_channel(channel, "malformed")
         return None
     header = bytes(buffer[:newline])
     if not header.isdigit() or int(header) > ANSWER_BYTES:
-        _end_run(channel, "malformed")
+        _end_channel(channel, "malformed")
     end = newline + 1 + int(header)
     if len(buffer) < end:
         return None
@@ -670,9 +1037,9 @@ def _take_answer(channel):
     try:
         answer = json.loads(data)
     except (ValueError, RecursionError, MemoryError):  # a nested or mangled message fails the run, no more
-        _end_run(channel, "malformed")
+        _end_channel(channel, "malformed")
     if type(answer) is not dict or answer.get("token") != channel["token"] or answer.get("seq") != channel["seq"]:
-        _end_run(channel, "malformed")
+        _end_channel(channel, "malformed")
     return answer
 
 
@@ -694,10 +1061,10 @@ def _ask(channel, request, seconds):
                 if answer is not None:
                     return answer
                 if channel["result_fd"] not in selector.get_map():
-                    _end_run(channel, "ended")  # the answer pipe closed without an answer
+                    _end_channel(channel, "ended")  # the answer pipe closed without an answer
             remaining = deadline - time.monotonic()
             if remaining <= 0:
-                _end_run(channel, "timeout")
+                _end_channel(channel, "timeout")
             for key, _ in selector.select(remaining):
                 if key.fd == request_fd:
                     try:
@@ -705,7 +1072,7 @@ def _ask(channel, request, seconds):
                     except BlockingIOError:
                         continue
                     except OSError:  # the harness is gone
-                        _end_run(channel, "ended")
+                        _end_channel(channel, "ended")
                     if not pending:
                         selector.unregister(request_fd)
                     continue
@@ -715,9 +1082,9 @@ def _ask(channel, request, seconds):
                     continue
                 outputs[channel["readers"][key.fd]] += chunk
                 if len(outputs["stdout"]) + len(outputs["stderr"]) > channel["output_bytes"]:
-                    _end_run(channel, "overflow")
+                    _end_channel(channel, "overflow")
                 if len(outputs["result"]) > ANSWER_BYTES + 24:
-                    _end_run(channel, "malformed")
+                    _end_channel(channel, "malformed")
     finally:
         if request_fd in selector.get_map():
             selector.unregister(request_fd)
@@ -932,6 +1299,10 @@ def _test_plan(tests, run):
                                                   tests={"setup": plan["setup"], "asserts": plan["asserts"]},
                                                   stop_at_first_failure=False)
                 result = run_reference(plan=plan)
+                if not result["timed_out"]:
+                    # A test the reference fails in its own interpreter as well is broken for every program:
+                    # it stays decided here, where a program cannot make it pass (a shadowed builtin, say).
+                    plan["in_process"] = {index for index in plan["in_process"] if result["passed"][index]}
                 if not all(result["passed"]) and not result["timed_out"]:
                     everything = dict(plan, in_process=set(range(len(plan["asserts"]))))
                     alone = run_reference(plan=everything)
@@ -999,6 +1370,18 @@ def _grade_one(code, tests, *, partial_credit, setup, limits):
             _give_back_uid(uid)
 
 
+_warned_errors = set()
+
+
+def _warn_sandbox_error(error):
+    """Say once per kind of error that a program's grading failed (it is counted in sandbox_errors)."""
+    kind = type(error).__name__
+    if kind not in _warned_errors:
+        _warned_errors.add(kind)
+        print(f"reward_code: WARNING: grading a program failed ({kind}: {str(error)[:200]}); it gets reward 0 "
+              "and counts in sandbox_errors (further errors of this kind are not printed)", file=sys.stderr)
+
+
 def grade_code_batch(responses, tests, *, partial_credit=False, num_workers=None, timeout_s=DEFAULT_TIMEOUT_S,
                      memory_mb=DEFAULT_MEMORY_MB, output_bytes=DEFAULT_OUTPUT_BYTES,
                      max_open_files=DEFAULT_MAX_OPEN_FILES, max_processes=DEFAULT_MAX_PROCESSES,
@@ -1008,7 +1391,9 @@ def grade_code_batch(responses, tests, *, partial_credit=False, num_workers=None
     Returns a dict of lists, one entry per response: pred (the extracted program or None), correct
     (every test passed), reward (1.0 or 0.0; with partial_credit the fraction passed), timeouts (some
     test hit a time limit), passed and total (tests), in_process_tests (how many of its tests ran in the
-    program's own interpreter, see the module docstring). The limits are documented at the top of the module.
+    program's own interpreter, see the module docstring), sandbox_errors (grading this program failed: its
+    result could not be read, its run could not be cleaned up...; its reward is 0). The limits are
+    documented at the top of the module. Raises only for the caller's mistakes (bad arguments).
     """
     if len(responses) != len(tests):
         raise ValueError(f"{len(responses)} responses but {len(tests)} test specs")
@@ -1019,7 +1404,17 @@ def grade_code_batch(responses, tests, *, partial_credit=False, num_workers=None
                   max_open_files=max_open_files, max_processes=max_processes, max_file_bytes=max_file_bytes,
                   python_guard=python_guard)
     predictions = [extract_code(response) for response in responses]
-    grade = functools.partial(_grade_one, partial_credit=partial_credit, setup=setup, limits=limits)
+    grade_unsafely = functools.partial(_grade_one, partial_credit=partial_credit, setup=setup, limits=limits)
+
+    def grade(code, spec):
+        """(passed, total, timed_out, in_process_tests, sandbox_error): whatever goes wrong in grading one
+        program (its result, its cleanup, a pipe, a RecursionError) is that program's 0, never the batch's
+        crash."""
+        try:
+            return (*grade_unsafely(code, spec), False)
+        except Exception as error:  # noqa: BLE001 (deliberate: a program's behaviour must not stop training)
+            _warn_sandbox_error(error)
+            return 0, count_tests(spec), False, 0, True
     workers = max(1, num_workers or os.cpu_count() or 1)
     if workers == 1 or len(responses) <= 1:
         outcomes = [grade(code, spec) for code, spec in zip(predictions, tests)]
@@ -1035,7 +1430,8 @@ def grade_code_batch(responses, tests, *, partial_credit=False, num_workers=None
         rewards = [1.0 if ok else 0.0 for ok in correct]
     return {"pred": predictions, "correct": correct, "reward": rewards,
             "timeouts": [outcome[2] for outcome in outcomes], "passed": passed, "total": total,
-            "in_process_tests": [outcome[3] for outcome in outcomes]}
+            "in_process_tests": [outcome[3] for outcome in outcomes],
+            "sandbox_errors": [outcome[4] for outcome in outcomes]}
 
 
 #### Command line: the sandbox's status, or grade a jsonl file of {"response", "tests"} rows

@@ -1196,6 +1196,8 @@ def main(argv=None):
             metrics[f"{task}/{name}"] = metrics[name]
         if task == "code":  # tests decided in the program's own interpreter (reward_code.py's docstring)
             metrics["code/in_process_tests"] = sum(gather_lists(graded["in_process_tests"], world_size))
+            # programs whose grading failed (reward 0): a sandbox problem, not the policy's
+            metrics["code/sandbox_errors"] = sum(map(bool, gather_lists(graded["sandbox_errors"], world_size)))
         if config.drop_solved_prompts:
             metrics["solved_prompts"] = len(data_states[stage_number]["solved"])
         # Training dynamics: reflection keywords, length of right and wrong answers, truncation

@@ -36,9 +36,11 @@ def test_output_comparison_ignores_trailing_whitespace_only():
     assert normalize_output("1\n\n2") != normalize_output("1\n2")  # blank lines inside count
 
 
-def test_sandbox_status_is_one_line():
+def test_sandbox_status_names_every_layer():
     status = sandbox_status()
-    assert "\n" not in status and "network:" in status
+    for layer in ("network", "pid namespace + trusted init", "uid", "cgroup memory/pids", "private /tmp /dev/shm",
+                  "filesystem view"):
+        assert layer in status
 
 
 #### Partial credit and the result channel
@@ -83,13 +85,16 @@ def test_mbpp_reference_solutions_pass():
     assert [p["task_id"] for p, ok in zip(problems, graded["correct"]) if not ok] == []
 
 
-def test_mbpp_original_file_has_three_broken_references():
+def test_mbpp_original_file_broken_references_fail_and_the_rest_pass():
     # SOURCES.md: in the 2251e8c text the references of 341, 596 and 642 fail their own tests (set order,
     # sys.getsizeof); the other 971 pass (checked in the revised file above, which differs only there).
+    # 341's failure was CPython's iteration order of the set literal {12, ..., 16} in the test's own
+    # interpreter; its argument now reaches the program rebuilt from plain values (a set whose order is
+    # not part of its value), and the reference passes. 596 and 642 (sys.getsizeof) still fail.
     problems = load_problems(shared_data("code", "mbpp", "mbpp.jsonl"), keep_fields=("code", "task_id"))
     chosen = [p for p in problems if p["task_id"] in (340, 341, 596, 642)]
     graded = grade_code_batch([fenced(p["code"]) for p in chosen], [p["tests"] for p in chosen])
-    assert dict(zip([p["task_id"] for p in chosen], graded["correct"])) == {340: True, 341: False, 596: False,
+    assert dict(zip([p["task_id"] for p in chosen], graded["correct"])) == {340: True, 341: True, 596: False,
                                                                            642: False}
 
 
