@@ -848,15 +848,18 @@ def _start_run(*, directory, program, python, unshare_prefix, uid, view, use_cgr
     return process, cgroups
 
 
-def _end_run(*, process, cgroups, uid, directory):
+def _end_run(*, process, cgroups, uid, directory, ended=True):
     """Kill everything the run started, wait until its uid has no process, remove its cgroups and its
-    directory. Never raises; returns the list of what went wrong (empty when all is clean)."""
+    directory. ended: the run finished by itself (not killed at a deadline or for its output), so unshare
+    gets a moment to exit with the program's status. Never raises; returns the list of what went wrong
+    (empty when all is clean)."""
     problems = []
     if process is not None:
-        try:  # the pipes closed: unshare exits on its own at once (its status is the program's)
-            process.wait(timeout=0.5)
-        except subprocess.TimeoutExpired:
-            pass
+        if ended:
+            try:  # the pipes closed: unshare exits on its own at once (its status is the program's)
+                process.wait(timeout=0.5)
+            except subprocess.TimeoutExpired:
+                pass
         try:  # unshare and INIT: with INIT gone the kernel kills the whole PID namespace
             os.killpg(process.pid, signal.SIGKILL)
         except (ProcessLookupError, PermissionError):
@@ -930,7 +933,8 @@ def _run_sandboxed(*, program, mode, tests=None, stdin="", python, unshare_prefi
         for fd in (result_read, result_write, request_read, request_write):
             if fd is not None:
                 os.close(fd)
-        problems = _end_run(process=process, cgroups=cgroups, uid=uid, directory=directory)
+        problems = _end_run(process=process, cgroups=cgroups, uid=uid, directory=directory,
+                            ended=not (timed_out or overflow))
         if problems and uid is not None and any("uid" in problem for problem in problems):
             with _uid_lock:
                 _uids_quarantined.add(uid)  # never handed out again in this process
